@@ -1,0 +1,52 @@
+// The parameters that pass between the op layer (csrc/ops, torch tensors) and the kernels
+// (csrc/cpu, csrc/cuda: plain pointers), in the manner of flash-attention's params struct.
+// All arrays are contiguous and row-major; B is the batch, L = iters.
+#pragma once
+
+#include <cstdint>
+
+#include "core/cost.h"
+
+namespace sinkhorn {
+
+template <typename T>
+struct SinkhornParams {
+  // Inputs.
+  const T* x = nullptr;          // (B, m, d)
+  const T* y = nullptr;          // (B, n, d)
+  const T* x_weights = nullptr;  // alpha (B, m), nonnegative, sums to 1
+  const T* y_weights = nullptr;  // beta  (B, n)
+  int64_t batch = 0, m = 0, n = 0, d = 0;
+  int iters = 0;
+  T eps = T(1);
+  Cost cost = Cost::kSqEuclidean;
+
+  // The saved history (written by the forward, read by the backward). With f, g the
+  // log-domain potentials of DESIGN.md section 1, u^l = f^l - eps log alpha and
+  // v^l = g^l - eps log beta: these stay finite where a weight is zero.
+  T* u_history = nullptr;  // (B, L, m), u^1..u^L
+  T* v_history = nullptr;  // (B, L, n), v^1..v^L
+
+  // Forward output.
+  T* cost_out = nullptr;  // W_L, (B,)
+
+  // Backward: the incoming gradient of W_L and the outputs.
+  const T* grad_cost = nullptr;  // (B,)
+  T* grad_x = nullptr;           // (B, m, d)
+  T* grad_y = nullptr;           // (B, n, d)
+  T* grad_x_weights = nullptr;   // (B, m)
+  T* grad_y_weights = nullptr;   // (B, n)
+
+  // Workspace, allocated by the op layer.
+  T* cost_matrix = nullptr;    // C   (B, m, n)
+  T* cost_matrix_t = nullptr;  // C^T (B, n, m)
+  T* grad_matrix = nullptr;    // backward: dW/dC accumulated in the layout of C   (B, m, n)
+  T* grad_matrix_t = nullptr;  // backward: dW/dC accumulated in the layout of C^T (B, n, m)
+  T* f = nullptr;              // (B, m) current potential f^l = eps log alpha + u^l
+  T* g = nullptr;              // (B, n) current potential g^l = eps log beta + v^l
+  T* x_adjoint = nullptr;      // (B, m) phi^l = fbar^l / alpha (backward)
+  T* y_adjoint = nullptr;      // (B, n) psi^l = gbar^l / beta (backward); forward: the
+                               //        expected cost of each column under P_L
+};
+
+}  // namespace sinkhorn

@@ -1,0 +1,50 @@
+// The op layer: argument checks, workspace allocation and the params struct, shared by the
+// CPU and CUDA registrations, which differ only in the kernels they pass in.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+
+#include "core/params.h"
+
+namespace sinkhorn::ops {
+
+template <typename T>
+using Kernel = void (*)(const SinkhornParams<T>&);
+
+template <typename T>
+struct KernelPair {
+  Kernel<T> forward;
+  Kernel<T> backward;
+};
+
+// The kernels of one device, for each dtype.
+struct Kernels {
+  KernelPair<float> float32;
+  KernelPair<double> float64;
+
+  template <typename T>
+  constexpr const KernelPair<T>& of() const {
+    if constexpr (std::is_same_v<T, float>) {
+      return float32;
+    } else {
+      return float64;
+    }
+  }
+};
+
+// sinkhorn_ext::sinkhorn_cost: returns (W_L (B,), u_history (B, L, m), v_history (B, L, n)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
+    const Kernels& kernels, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, double eps, int64_t iters, std::string_view cost);
+
+// sinkhorn_ext::sinkhorn_cost_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward(
+    const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
+    const at::Tensor& v_history, double eps, std::string_view cost);
+
+}  // namespace sinkhorn::ops

@@ -1,0 +1,34 @@
+// CPU registration of the ops.
+#include <torch/library.h>
+
+#include "cpu/sinkhorn_cpu.h"
+#include "ops/sinkhorn.h"
+
+namespace sinkhorn::ops {
+namespace {
+
+constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>},
+                              {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>}};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cpu(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost) {
+  return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters,
+                       std::string_view(cost.data(), cost.size()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cpu(
+    const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
+    const at::Tensor& v_history, double eps, c10::string_view cost) {
+  return sinkhorn_cost_backward(kCpuKernels, grad_cost, x, y, x_weights, y_weights, u_history,
+                                v_history, eps, std::string_view(cost.data(), cost.size()));
+}
+
+}  // namespace
+}  // namespace sinkhorn::ops
+
+TORCH_LIBRARY_IMPL(sinkhorn_ext, CPU, m) {
+  m.impl("sinkhorn_cost", &sinkhorn::ops::sinkhorn_cost_cpu);
+  m.impl("sinkhorn_cost_backward", &sinkhorn::ops::sinkhorn_cost_backward_cpu);
+}

@@ -1,0 +1,90 @@
+"""Normalises the arguments of the public functions and of the reference.
+
+Both take clouds of shape (m, d) or (B, m, d) and optional weights; the ops work on the
+batched form with explicit weights. Checks on the tensors themselves (dtypes, sizes, weight
+values, eps, iters, cost) are made once, at the op boundary in C++ (csrc/ops/sinkhorn.cpp);
+here are only the checks that normalising needs, and those on Python arguments.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+COSTS = ("sqeuclidean", "euclidean")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Inputs:
+    x: torch.Tensor  # (B, m, d)
+    y: torch.Tensor  # (B, n, d)
+    x_weights: torch.Tensor  # (B, m)
+    y_weights: torch.Tensor  # (B, n)
+    batched: bool
+    dtype: torch.dtype  # the dtype the caller gave, which results are returned in
+
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """(B,) results in the caller's shape and dtype."""
+        values = values if self.batched else values[0]
+        return values.to(self.dtype)
+
+
+def check_options(eps, iters, cost) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral):
+        raise TypeError(f"iters must be an int, got {type(iters).__name__}")
+    if not isinstance(cost, str):
+        raise TypeError(f"cost must be a string, one of {COSTS}, got {type(cost).__name__}")
+
+
+def _cloud(t, name: str, rows: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in (2, 3):
+        raise ValueError(
+            f"{name} must have shape ({rows}, d) or (B, {rows}, d), got {tuple(t.shape)}"
+        )
+    return t
+
+
+def _weights(w, name: str, cloud: torch.Tensor, batched: bool) -> torch.Tensor:
+    B, count = cloud.shape[0], cloud.shape[1]
+    if w is None:
+        return torch.full((B, count), 1.0 / count, dtype=cloud.dtype, device=cloud.device)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+    expected = (B, count) if batched else (count,)
+    if tuple(w.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(w.shape)}")
+    if w.dtype in _LOW_PRECISION:
+        w = w.float()
+    return w if batched else w.unsqueeze(0)
+
+
+def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
+    x = _cloud(x, "x", "m")
+    y = _cloud(y, "y", "n")
+    if x.dim() != y.dim():
+        raise ValueError(
+            f"x and y must both be batched (3-D) or both unbatched (2-D), got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    batched = x.dim() == 3
+    dtype = x.dtype
+    if x.dtype in _LOW_PRECISION and y.dtype == x.dtype:
+        # Half-precision inputs are computed in float32 and the result cast back.
+        x, y = x.float(), y.float()
+    if not batched:
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    return Inputs(
+        x=x,
+        y=y,
+        x_weights=_weights(x_weights, "x_weights", x, batched),
+        y_weights=_weights(y_weights, "y_weights", y, batched),
+        batched=batched,
+        dtype=dtype,
+    )

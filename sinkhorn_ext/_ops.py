@@ -1,0 +1,57 @@
+"""Loads the compiled ops and gives them what torch needs besides the kernels: fake (meta)
+kernels for torch.compile and the replay backward as their autograd formula."""
+
+import torch
+
+try:
+    from sinkhorn_ext import _C  # noqa: F401  (registers torch.ops.sinkhorn_ext.*)
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "sinkhorn_ext's compiled extension (sinkhorn_ext._C) could not be loaded: "
+        f"{error}. Build it against the installed torch with "
+        "`pip install --no-build-isolation .` in the source tree (see README.md)."
+    ) from error
+
+ops = torch.ops.sinkhorn_ext
+
+
+@torch.library.register_fake("sinkhorn_ext::sinkhorn_cost")
+def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost):
+    torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
+    torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
+    batch, m, n = x.shape[0], x.shape[1], y.shape[1]
+    return x.new_empty(batch), x.new_empty(batch, iters, m), x.new_empty(batch, iters, n)
+
+
+@torch.library.register_fake("sinkhorn_ext::sinkhorn_cost_backward")
+def _sinkhorn_cost_backward_fake(
+    grad_cost, x, y, x_weights, y_weights, u_history, v_history, eps, cost
+):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(y),
+        torch.empty_like(x_weights),
+        torch.empty_like(y_weights),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, x_weights, y_weights, eps, _iters, cost = inputs
+    _, u_history, v_history = output
+    ctx.mark_non_differentiable(u_history, v_history)
+    ctx.save_for_backward(x, y, x_weights, y_weights, u_history, v_history)
+    ctx.eps, ctx.cost = eps, cost
+
+
+def _backward(ctx, grad_cost, _grad_u, _grad_v):
+    x, y, x_weights, y_weights, u_history, v_history = ctx.saved_tensors
+    grads = ops.sinkhorn_cost_backward(
+        grad_cost.contiguous(), x, y, x_weights, y_weights, u_history, v_history,
+        ctx.eps, ctx.cost,
+    )
+    return (*grads, None, None, None)
+
+
+torch.library.register_autograd(
+    "sinkhorn_ext::sinkhorn_cost", _backward, setup_context=_setup_context
+)
