@@ -8,3 +8,11 @@
 #define SK_HOST_DEVICE
 #define SK_INLINE inline __attribute__((always_inline))
 #endif
+
+// A vectorised reduction loop on the host (needs -fopenmp or -fopenmp-simd); nothing on CUDA.
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define SK_PRAGMA(x) _Pragma(#x)
+#define SK_SIMD_REDUCTION(...) SK_PRAGMA(omp simd reduction(__VA_ARGS__))
+#else
+#define SK_SIMD_REDUCTION(...)
+#endif

@@ -15,9 +15,10 @@
 // and, at the last level (Terminal), the derivative of <C, P_L> itself is folded in:
 //   out_r += sum_c M_rc e_rc / eps,   G_rc += w_r e_rc (1 - M_rc / eps).
 //
-// Rows are reduced in kLanes independent accumulators so that the compiler vectorises the
-// loops (floating-point sums are not reassociated otherwise). The order of additions is
-// fixed, so the result does not depend on how rows are spread over threads.
+// The reductions along a row are OpenMP SIMD reductions: the compiler may split them over
+// vector lanes (it does not reassociate floating-point sums otherwise). The order of the
+// additions is fixed by the compiled code, so a row's result does not depend on the thread
+// that computes it.
 #pragma once
 
 #include <cmath>
@@ -28,59 +29,26 @@
 
 namespace sinkhorn {
 
-template <typename T>
-struct Lanes {
-  static constexpr int kCount = 128 / sizeof(T);  // two 512-bit vectors of T
-};
-
-template <typename T>
-SK_HOST_DEVICE SK_INLINE T sum_lanes(const T* acc) {
-  constexpr int kL = Lanes<T>::kCount;
-  T total = T(0);
-  for (int k = 0; k < kL; ++k) total += acc[k];
-  return total;
-}
-
-// Returns softmin_r(h). If expected_cost is given, also writes sum_c M_rc softmax_rc, the
-// cost of row r averaged under its softmax (used for W = <C, P_L> and its adjoint).
+// Returns softmin_r(h). If WithExpectedCost, also writes sum_c M_rc softmax_rc, the cost of
+// row r averaged under its softmax (used for W = <C, P_L> and its adjoint).
 template <typename T, bool WithExpectedCost>
 SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __restrict__ h,
                                        int n, T eps, T* expected_cost) {
-  constexpr int kL = Lanes<T>::kCount;
   const T inv_eps = T(1) / eps;
-  const int n_blocked = n - n % kL;
-
-  T lane_max[kL];
-  for (int k = 0; k < kL; ++k) lane_max[k] = -std::numeric_limits<T>::infinity();
-  for (int c = 0; c < n_blocked; c += kL) {
-    for (int k = 0; k < kL; ++k) {
-      const T t = (h[c + k] - row[c + k]) * inv_eps;
-      lane_max[k] = t > lane_max[k] ? t : lane_max[k];
-    }
-  }
-  for (int c = n_blocked; c < n; ++c) {
+  T shift = -std::numeric_limits<T>::infinity();
+  SK_SIMD_REDUCTION(max : shift)
+  for (int c = 0; c < n; ++c) {
     const T t = (h[c] - row[c]) * inv_eps;
-    lane_max[0] = t > lane_max[0] ? t : lane_max[0];
+    shift = t > shift ? t : shift;
   }
-  T shift = lane_max[0];
-  for (int k = 1; k < kL; ++k) shift = lane_max[k] > shift ? lane_max[k] : shift;
-
-  T lane_sum[kL], lane_cost[kL];
-  for (int k = 0; k < kL; ++k) lane_sum[k] = lane_cost[k] = T(0);
-  for (int c = 0; c < n_blocked; c += kL) {
-    for (int k = 0; k < kL; ++k) {
-      const T e = fast_exp((h[c + k] - row[c + k]) * inv_eps - shift);
-      lane_sum[k] += e;
-      if (WithExpectedCost) lane_cost[k] += row[c + k] * e;
-    }
-  }
-  for (int c = n_blocked; c < n; ++c) {
+  T sum = T(0), cost = T(0);
+  SK_SIMD_REDUCTION(+ : sum, cost)
+  for (int c = 0; c < n; ++c) {
     const T e = fast_exp((h[c] - row[c]) * inv_eps - shift);
-    lane_sum[0] += e;
-    if (WithExpectedCost) lane_cost[0] += row[c] * e;
+    sum += e;
+    if (WithExpectedCost) cost += row[c] * e;
   }
-  const T sum = sum_lanes<T>(lane_sum);
-  if (WithExpectedCost) *expected_cost = sum_lanes<T>(lane_cost) / sum;
+  if (WithExpectedCost) *expected_cost = cost / sum;
   return -eps * (shift + std::log(sum));
 }
 
@@ -88,27 +56,21 @@ template <typename T, bool Terminal>
 SK_HOST_DEVICE SK_INLINE T softmin_adjoint_row(const T* __restrict__ row, const T* __restrict__ h,
                                                const T* __restrict__ adj, T s, T w, int n, T eps,
                                                T* __restrict__ grad_row) {
-  constexpr int kL = Lanes<T>::kCount;
   const T inv_eps = T(1) / eps;
-  const int n_blocked = n - n % kL;
-  T lane_out[kL];
-  for (int k = 0; k < kL; ++k) lane_out[k] = T(0);
-  // One element: its contribution to out_r (returned) and to G_rc (accumulated in place).
-  auto element = [&](int c) {
+  T out = T(0);
+  SK_SIMD_REDUCTION(+ : out)
+  for (int c = 0; c < n; ++c) {
     const T e = fast_exp((s + h[c] - row[c]) * inv_eps);
     if (Terminal) {
       const T scaled_cost = row[c] * inv_eps;
       grad_row[c] += w * e * (adj[c] + T(1) - scaled_cost);
-      return (scaled_cost - adj[c]) * e;
+      out += (scaled_cost - adj[c]) * e;
+    } else {
+      grad_row[c] += w * e * adj[c];
+      out -= adj[c] * e;
     }
-    grad_row[c] += w * e * adj[c];
-    return -adj[c] * e;
-  };
-  for (int c = 0; c < n_blocked; c += kL) {
-    for (int k = 0; k < kL; ++k) lane_out[k] += element(c + k);
   }
-  for (int c = n_blocked; c < n; ++c) lane_out[0] += element(c);
-  return sum_lanes<T>(lane_out);
+  return out;
 }
 
 }  // namespace sinkhorn
