@@ -54,7 +54,8 @@ def _cloud(t, name: str, rows: str) -> torch.Tensor:
 def _weights(w, name: str, cloud: torch.Tensor, batched: bool) -> torch.Tensor:
     B, count = cloud.shape[0], cloud.shape[1]
     if w is None:
-        return torch.full((B, count), 1.0 / count, dtype=cloud.dtype, device=cloud.device)
+        # An empty cloud gets empty weights here and its error at the op boundary.
+        return torch.full((B, count), 1.0 / max(count, 1), dtype=cloud.dtype, device=cloud.device)
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     expected = (B, count) if batched else (count,)

@@ -1,0 +1,38 @@
+"""CPU results are bitwise identical from call to call, and independent of the thread count
+to rounding."""
+
+import pytest
+import torch
+
+import sinkhorn_ext as sk
+from testing import random_problem
+
+
+def _loss_and_grads(x, y, a, b):
+    leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
+    loss = sk.sinkhorn_loss(leaves[0], leaves[1], eps=0.2, iters=15, x_weights=leaves[2],
+                            y_weights=leaves[3])
+    return (loss.detach(), *torch.autograd.grad(loss.sum(), leaves))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bitwise_identical_from_call_to_call(dtype):
+    x, y, a, b = random_problem(300, 257, 3, batch=2, dtype=dtype)
+    first = _loss_and_grads(x, y, a, b)
+    for _ in range(3):
+        for r, s in zip(first, _loss_and_grads(x, y, a, b)):
+            assert torch.equal(r, s)
+
+
+def test_thread_count_changes_nothing_but_rounding():
+    x, y, a, b = random_problem(300, 257, 3, batch=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = _loss_and_grads(x, y, a, b)
+        torch.set_num_threads(max(2, threads))
+        parallel = _loss_and_grads(x, y, a, b)
+    finally:
+        torch.set_num_threads(threads)
+    for r, s in zip(serial, parallel):
+        torch.testing.assert_close(r, s, rtol=1e-13, atol=1e-15)

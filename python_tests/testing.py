@@ -1,0 +1,25 @@
+"""Shared helpers of the test suite: the grids of dtypes and costs, random problems."""
+
+import torch
+
+COSTS = ("sqeuclidean", "euclidean")
+DTYPES = (torch.float32, torch.float64)
+# Agreement with the float64 reference: rounding accumulated over a few dozen iterations.
+TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def random_weights(shape, dtype=torch.float64, generator=None):
+    w = torch.rand(shape, dtype=dtype, generator=generator) + 0.1
+    return w / w.sum(-1, keepdim=True)
+
+
+def random_problem(m, n, d, batch=None, dtype=torch.float64, weighted=True, seed=0):
+    """Clouds x (m, d), y (n, d) (with a leading batch if given) and, if weighted, random
+    probability vectors for them (None otherwise)."""
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    x = torch.randn(*lead, m, d, dtype=dtype, generator=gen)
+    y = torch.randn(*lead, n, d, dtype=dtype, generator=gen) * 0.8 + 0.5
+    if not weighted:
+        return x, y, None, None
+    return x, y, random_weights((*lead, m), dtype, gen), random_weights((*lead, n), dtype, gen)
