@@ -1,0 +1,58 @@
+"""Forward+backward time of sinkhorn_loss against sinkhorn_ext.reference, in one process.
+
+    python -m benchmarks.speed_vs_reference --m 200 --n 200 --d 2 --eps 1 --iters 20
+"""
+
+import argparse
+import platform
+import time
+
+import torch
+
+import sinkhorn_ext as sk
+
+
+def time_forward_backward(loss_fn, x, y, eps, iters, repeats):
+    def step():
+        xl = x.detach().requires_grad_()
+        loss_fn(xl, y, eps=eps, iters=iters).backward()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3  # median, ms
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--m", type=int, default=200)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--d", type=int, default=2)
+    parser.add_argument("--eps", type=float, default=1.0)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    x = torch.randn(args.m, args.d, dtype=dtype, generator=gen)
+    y = torch.randn(args.n, args.d, dtype=dtype, generator=gen)
+    fused = time_forward_backward(sk.sinkhorn_loss, x, y, args.eps, args.iters, args.repeats)
+    ref = time_forward_backward(sk.reference.sinkhorn_loss, x, y, args.eps, args.iters,
+                                args.repeats)
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print(f"sinkhorn_loss fwd+bwd, m={args.m} n={args.n} d={args.d} eps={args.eps} "
+          f"L={args.iters} {args.dtype} (median of {args.repeats})")
+    print(f"  fused      {fused:8.2f} ms")
+    print(f"  reference  {ref:8.2f} ms")
+    print(f"  speed-up   {ref / fused:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
