@@ -32,7 +32,7 @@ SK_HOST_DEVICE SK_INLINE float fast_exp(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kMax = 88.3762626647949f;   // ln(FLT_MAX)
+  constexpr float kMax = 88.8f;                // above ln(FLT_MAX) = 88.72: the product overflows
   constexpr float kMin = -87.3365447504f;      // ln(FLT_MIN): 2^n stays a normal number
   constexpr float kRound = 12582912.0f;        // 1.5 * 2^23: adding it rounds to an integer
   const float xc = x < kMin ? kMin : (x > kMax ? kMax : x);
@@ -47,9 +47,14 @@ SK_HOST_DEVICE SK_INLINE float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // The low bits of t hold n + 2^22 (+ 2^23); adding 127 and shifting forms the exponent.
-  const std::uint32_t bits = (bit_cast<std::uint32_t>(t) + 127u) << 23;
-  const float y = p * bit_cast<float>(bits);
+  // t = 1.5 * 2^23 + n exactly, so the difference of the bit patterns is the integer n.
+  // 2^n is applied as 2^(n/2) 2^(n - n/2): each factor is a normal float over the whole
+  // range, and the product rounds (or overflows) exactly like exp itself.
+  const std::int32_t ni = static_cast<std::int32_t>(bit_cast<std::uint32_t>(t) -
+                                                    bit_cast<std::uint32_t>(kRound));
+  const std::int32_t half = ni >> 1;
+  const float y = p * bit_cast<float>(static_cast<std::uint32_t>(half + 127) << 23) *
+                  bit_cast<float>(static_cast<std::uint32_t>(ni - half + 127) << 23);
   const float overflowed = x > kMax ? std::numeric_limits<float>::infinity() : y;
   const float result = x < kMin ? 0.0f : overflowed;
   return x != x ? x : result;
@@ -63,7 +68,7 @@ SK_HOST_DEVICE SK_INLINE double fast_exp(double x) {
   constexpr double kLog2e = 1.4426950408889634073599;
   constexpr double kLn2Hi = 6.93145751953125e-1;
   constexpr double kLn2Lo = 1.42860682030941723212e-6;
-  constexpr double kMax = 709.78271289338397;    // ln(DBL_MAX)
+  constexpr double kMax = 709.8;                 // above ln(DBL_MAX) = 709.78
   constexpr double kMin = -708.39641853226408;   // ln(DBL_MIN)
   constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
   const double xc = x < kMin ? kMin : (x > kMax ? kMax : x);
@@ -82,8 +87,11 @@ SK_HOST_DEVICE SK_INLINE double fast_exp(double x) {
   q = q * rr + 2.27265548208155028766e-1;
   q = q * rr + 2.00000000000000000009e0;
   const double e = 1.0 + 2.0 * (p / (q - p));
-  const std::uint64_t bits = (bit_cast<std::uint64_t>(t) + 1023u) << 52;
-  const double y = e * bit_cast<double>(bits);
+  const std::int64_t ni = static_cast<std::int64_t>(bit_cast<std::uint64_t>(t) -
+                                                    bit_cast<std::uint64_t>(kRound));
+  const std::int64_t half = ni >> 1;
+  const double y = e * bit_cast<double>(static_cast<std::uint64_t>(half + 1023) << 52) *
+                   bit_cast<double>(static_cast<std::uint64_t>(ni - half + 1023) << 52);
   const double overflowed = x > kMax ? std::numeric_limits<double>::infinity() : y;
   const double result = x < kMin ? 0.0 : overflowed;
   return x != x ? x : result;
