@@ -89,3 +89,13 @@ def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
         batched=batched,
         dtype=dtype,
     )
+
+
+def debiased(cost_fn, inputs: Inputs, *options) -> torch.Tensor:
+    """The Sinkhorn loss 2 W(x, y) - W(x, x) - W(y, y) (paper eq. 4) in the caller's shape and
+    dtype, for cost_fn(x, y, x_weights, y_weights, *options) computing W on batched input."""
+    x, y, a, b = inputs.x, inputs.y, inputs.x_weights, inputs.y_weights
+    loss = 2 * cost_fn(x, y, a, b, *options) - cost_fn(x, x, a, a, *options) - cost_fn(
+        y, y, b, b, *options
+    )
+    return inputs.finish(loss)

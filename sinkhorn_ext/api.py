@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import check_options, prepare
+from sinkhorn_ext._inputs import check_options, debiased, prepare
 from sinkhorn_ext._ops import ops
 
 BACKENDS = ("auto", "tensorized")
@@ -76,11 +76,4 @@ def sinkhorn_loss(
     """
     check_options(eps, iters, cost)
     _check_backend(backend)
-    inputs = prepare(x, y, x_weights, y_weights)
-    x, y, a, b = inputs.x, inputs.y, inputs.x_weights, inputs.y_weights
-    loss = (
-        2 * _cost(x, y, a, b, eps, iters, cost)
-        - _cost(x, x, a, a, eps, iters, cost)
-        - _cost(y, y, b, b, eps, iters, cost)
-    )
-    return inputs.finish(loss)
+    return debiased(_cost, prepare(x, y, x_weights, y_weights), eps, iters, cost)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import prepare
+from sinkhorn_ext._inputs import debiased, prepare
 from sinkhorn_ext.api import DEFAULT_EPS, DEFAULT_ITERS
 
 
@@ -52,11 +52,4 @@ def sinkhorn_loss(
     x_weights=None, y_weights=None,
 ):
     """2 W_L(x, y) - W_L(x, x) - W_L(y, y), paper eq. (4)."""
-    inputs = prepare(x, y, x_weights, y_weights)
-    x, y, a, b = inputs.x, inputs.y, inputs.x_weights, inputs.y_weights
-    loss = (
-        2 * _cost(x, y, a, b, eps, iters, cost)
-        - _cost(x, x, a, a, eps, iters, cost)
-        - _cost(y, y, b, b, eps, iters, cost)
-    )
-    return inputs.finish(loss)
+    return debiased(_cost, prepare(x, y, x_weights, y_weights), eps, iters, cost)
