@@ -33,7 +33,7 @@ def _sources(pattern):
 
 def extensions():
     use_cuda = _use_cuda()
-    sources = _sources("csrc/core/*.cpp") + _sources("csrc/cpu/*.cpp") + _sources("csrc/ops/*.cpp")
+    sources = _sources("csrc/cpu/*.cpp") + _sources("csrc/ops/*.cpp")
     # -fno-trapping-math lets the compiler if-convert (and so vectorise) the selects in fast_exp.
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-Wall", "-Wextra"]
     extra = {"cxx": cxx}

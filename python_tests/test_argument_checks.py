@@ -22,6 +22,18 @@ def test_mismatched_feature_dimension(fn):
     _raises(ValueError, r"same feature dimension d, got 2 and 3", X, torch.randn(4, 3), fn=fn)
 
 
+def test_empty_batch():
+    _raises(ValueError, r"x must contain at least one problem \(B >= 1\)",
+            torch.randn(0, 5, 2), torch.randn(0, 4, 2))
+
+
+@pytest.mark.parametrize("dtype,eps", [(torch.float32, 1e-46), (torch.float32, 1e39),
+                                       (torch.float64, 1e-320)])
+def test_eps_out_of_the_range_of_the_dtype(dtype, eps):
+    # A positive finite double that becomes 0, a subnormal or inf in the compute dtype.
+    _raises(ValueError, r"eps = .* is out of the range of", X.to(dtype), Y.to(dtype), eps=eps)
+
+
 def test_mismatched_batch_size():
     _raises(ValueError, r"same batch size, got 2 and 3", torch.randn(2, 5, 2), torch.randn(3, 4, 2))
 
@@ -51,7 +63,8 @@ def test_non_floating_dtype(dtype):
 
 
 def test_mixed_dtypes():
-    _raises(TypeError, r"y must have the dtype of x \(Float\), got Double", X, Y.double())
+    _raises(TypeError, r"y must have the dtype of x \(torch.float32\), got torch.float64", X, Y.double())
+    _raises(TypeError, r"y must have the dtype of x \(torch.float16\), got torch.float32", X.half(), Y)
     _raises(TypeError, r"x_weights must have the dtype of its points \(Float\), got Double",
             X, Y, x_weights=torch.full((5,), 0.2, dtype=torch.float64))
 

@@ -74,12 +74,42 @@ def test_batched_gradient_scales_with_each_problems_incoming_gradient():
         torch.testing.assert_close(grad[k], gk, rtol=1e-12, atol=1e-14)
 
 
-def test_euclidean_gradient_is_zero_between_coincident_points():
-    x = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
-    y = torch.zeros(3, 2, dtype=torch.float64)
-    loss = sk.sinkhorn_loss(x, y, eps=0.1, iters=5, cost="euclidean")
-    loss.backward()
-    assert torch.equal(x.grad, torch.zeros_like(x))
+def test_euclidean_gradient_with_coincident_pairs_equals_the_reference():
+    # x_0 = y_0 and x_2 = y_2 coincide: those pairs contribute 0, the others their derivative.
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    grads = []
+    for impl in (sk, sk.reference):
+        xl = x.clone().requires_grad_()
+        loss = impl.sinkhorn_loss(xl, y, eps=0.1, iters=5, cost="euclidean")
+        grads.append(torch.autograd.grad(loss, xl)[0])
+    assert torch.isfinite(grads[0]).all() and grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_at_a_zero_weight_is_the_directional_derivative():
+    # Moving mass onto a point of weight 0 (d = e_k - a keeps a + t d on the simplex): the
+    # one-sided difference quotient must match <grad, d>; the reference gives NaN there.
+    x, y, a, b = random_problem(6, 5, 2)
+    a = torch.cat([a[:5], torch.zeros(1, dtype=a.dtype)])
+    a = a / a.sum()
+    al = a.clone().requires_grad_()
+    kw = dict(eps=0.3, iters=8, y_weights=b)
+    (grad,) = torch.autograd.grad(sk.sinkhorn_cost(x, y, x_weights=al, **kw), al)
+    assert torch.isfinite(grad).all()
+    direction = torch.nn.functional.one_hot(torch.tensor(5), 6).to(a.dtype) - a
+    t = 1e-7
+    quotient = (sk.sinkhorn_cost(x, y, x_weights=a + t * direction, **kw)
+                - sk.sinkhorn_cost(x, y, x_weights=a, **kw)) / t
+    torch.testing.assert_close(quotient, grad @ direction, rtol=1e-5, atol=1e-8)
+
+
+def test_double_backward_raises_instead_of_returning_wrong_numbers():
+    x, y, _, _ = random_problem(6, 5, 2, weighted=False)
+    x.requires_grad_()
+    (grad,) = torch.autograd.grad(sk.sinkhorn_loss(x, y, eps=0.5, iters=4), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"first derivatives only"):
+        torch.autograd.grad((grad ** 2).sum(), x)
 
 
 def test_float32_gradients_match_float64():

@@ -18,16 +18,34 @@ def test_opcheck_forward_op(cost, requires_grad):
     torch.library.opcheck(ops.sinkhorn_cost.default, (*args, 0.5, 4, cost))
 
 
-def test_opcheck_backward_op():
+def _non_contiguous(t):
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 3 else \
+        torch.stack([t, t], -1)[..., 0]
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_opcheck_backward_op(contiguous):
     x, y, a, b = random_problem(6, 5, 2, batch=2)
+    if not contiguous:
+        x, a = _non_contiguous(x), _non_contiguous(a)
+        assert not (x.is_contiguous() or a.is_contiguous())
     _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
     torch.library.opcheck(ops.sinkhorn_cost_backward.default,
                           (torch.ones(2, dtype=x.dtype), x, y, a, b, u, v, 0.5, "sqeuclidean"))
 
 
-def test_compiled_loss_and_gradient_match_eager():
+def test_opcheck_forward_op_non_contiguous():
+    x, y, a, b = random_problem(6, 5, 3, batch=2)
+    args = [_non_contiguous(t).requires_grad_() for t in (x, y, a, b)]
+    torch.library.opcheck(ops.sinkhorn_cost.default, (*args, 0.5, 4, "euclidean"))
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_compiled_loss_and_gradient_match_eager(contiguous):
     torch._dynamo.reset()
     x, y, a, b = random_problem(30, 20, 2, dtype=torch.float32)
+    if not contiguous:
+        x = torch.randn(2, 30).t()  # strides (1, 30)
 
     def step(x, y, a, b):
         return sk.sinkhorn_loss(x, y, eps=0.3, iters=10, x_weights=a, y_weights=b) * 2.0

@@ -66,23 +66,30 @@ def test_zero_weight_equals_dropping_the_point():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_is_computed_in_float32(dtype):
+def test_half_precision_inputs_give_the_float64_reference_to_their_precision(dtype):
     x, y, _, _ = random_problem(20, 20, 2, dtype=torch.float32, weighted=False)
-    got = sk.sinkhorn_loss(x.to(dtype), y.to(dtype), eps=0.5, iters=10)
-    assert got.dtype == dtype
-    expected = sk.sinkhorn_loss(x.to(dtype).float(), y.to(dtype).float(), eps=0.5, iters=10)
-    torch.testing.assert_close(got, expected.to(dtype))
+    x, y = x.to(dtype).requires_grad_(), y.to(dtype)
+    got = sk.sinkhorn_loss(x, y, eps=0.5, iters=10)
+    (grad,) = torch.autograd.grad(got, x)
+    assert got.dtype == dtype and grad.dtype == dtype
+    x64 = x.detach().double().requires_grad_()
+    expected = sk.reference.sinkhorn_loss(x64, y.double(), eps=0.5, iters=10)
+    (expected_grad,) = torch.autograd.grad(expected, x64)
+    # The only rounding beyond float32's is that of the result to dtype.
+    tol = dict(rtol=torch.finfo(dtype).eps, atol=1e-5)
+    torch.testing.assert_close(got.double(), expected, **tol)
+    torch.testing.assert_close(grad.double(), expected_grad, **tol)
 
 
 def test_non_contiguous_inputs_give_the_contiguous_result():
     x, y, a, b = random_problem(10, 12, 3, batch=2)
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other strides
-    assert not xt.is_contiguous()
+    y_strided = torch.stack([y, y], 2)[:, :, 0]
     a_strided = torch.stack([a, a], -1)[..., 0]
-    assert not a_strided.is_contiguous()
+    assert not (xt.is_contiguous() or y_strided.is_contiguous() or a_strided.is_contiguous())
     kw = dict(eps=0.4, iters=6)
     torch.testing.assert_close(
-        sk.sinkhorn_loss(xt, y[:, ::1], x_weights=a_strided, y_weights=b, **kw),
+        sk.sinkhorn_loss(xt, y_strided, x_weights=a_strided, y_weights=b, **kw),
         sk.sinkhorn_loss(x, y, x_weights=a, y_weights=b, **kw), rtol=0, atol=0)
 
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
 "$PYTHON" -m pip install --quiet "torch==2.13.0"
-"$PYTHON" -m pip install --quiet numpy pybind11 ninja setuptools wheel
+"$PYTHON" -m pip install --quiet numpy ninja setuptools wheel
 if [ "${1:-}" = "--test" ]; then
   "$PYTHON" -m pip install --quiet pytest pytest-benchmark scipy pot expecttest
   command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 COSTS = ("sqeuclidean", "euclidean")
+BACKENDS = ("auto", "tensorized")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -30,6 +31,11 @@ class Inputs:
         """(B,) results in the caller's shape and dtype."""
         values = values if self.batched else values[0]
         return values.to(self.dtype)
+
+
+def check_backend(backend) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_options(eps, iters, cost) -> None:
@@ -74,9 +80,11 @@ def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
             f"x and y must both be batched (3-D) or both unbatched (2-D), got shapes "
             f"{tuple(x.shape)} and {tuple(y.shape)}"
         )
+    if y.dtype != x.dtype:
+        raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
     batched = x.dim() == 3
     dtype = x.dtype
-    if x.dtype in _LOW_PRECISION and y.dtype == x.dtype:
+    if x.dtype in _LOW_PRECISION:
         # Half-precision inputs are computed in float32 and the result cast back.
         x, y = x.float(), y.float()
     if not batched:

@@ -27,11 +27,12 @@ def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost):
 def _sinkhorn_cost_backward_fake(
     grad_cost, x, y, x_weights, y_weights, u_history, v_history, eps, cost
 ):
+    # The op returns contiguous tensors, whatever the strides of its inputs.
     return (
-        torch.empty_like(x),
-        torch.empty_like(y),
-        torch.empty_like(x_weights),
-        torch.empty_like(y_weights),
+        x.new_empty(x.shape),
+        y.new_empty(y.shape),
+        x_weights.new_empty(x_weights.shape),
+        y_weights.new_empty(y_weights.shape),
     )
 
 
@@ -54,4 +55,19 @@ def _backward(ctx, grad_cost, _grad_u, _grad_v):
 
 torch.library.register_autograd(
     "sinkhorn_ext::sinkhorn_cost", _backward, setup_context=_setup_context
+)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "sinkhorn_ext computes first derivatives only: differentiating its gradient "
+        "(double backward, create_graph=True) is not supported"
+    )
+
+
+# Without a formula, autograd would treat the gradient as a constant and return second
+# derivatives that are silently wrong; this makes asking for them an error.
+torch.library.register_autograd(
+    "sinkhorn_ext::sinkhorn_cost_backward", _no_double_backward,
+    setup_context=lambda ctx, inputs, output: None,
 )

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import check_options, debiased, prepare
+from sinkhorn_ext._inputs import check_backend, check_options, debiased, prepare
 from sinkhorn_ext._ops import ops
-
-BACKENDS = ("auto", "tensorized")
 
 DEFAULT_EPS = 0.1
 DEFAULT_ITERS = 20
-
-
-def _check_backend(backend) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def _cost(x, y, x_weights, y_weights, eps, iters, cost) -> torch.Tensor:
@@ -51,7 +44,7 @@ def sinkhorn_cost(
         computed by replaying the stored potentials.
     """
     check_options(eps, iters, cost)
-    _check_backend(backend)
+    check_backend(backend)
     inputs = prepare(x, y, x_weights, y_weights)
     return inputs.finish(
         _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost)
@@ -75,5 +68,5 @@ def sinkhorn_loss(
     tends to twice the optimal transport cost; as eps -> infinity to MMD with kernel -c.
     """
     check_options(eps, iters, cost)
-    _check_backend(backend)
+    check_backend(backend)
     return debiased(_cost, prepare(x, y, x_weights, y_weights), eps, iters, cost)

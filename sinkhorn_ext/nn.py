@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import check_options
-from sinkhorn_ext.api import DEFAULT_EPS, DEFAULT_ITERS, _check_backend, sinkhorn_loss
+from sinkhorn_ext._inputs import check_backend, check_options
+from sinkhorn_ext.api import DEFAULT_EPS, DEFAULT_ITERS, sinkhorn_loss
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -26,7 +26,7 @@ class SinkhornLoss(torch.nn.Module):
     ):
         super().__init__()
         check_options(eps, iters, cost)
-        _check_backend(backend)
+        check_backend(backend)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.eps, self.iters, self.cost = eps, iters, cost

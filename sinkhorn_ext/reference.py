@@ -1,6 +1,7 @@
 """The pure-PyTorch reference: DESIGN.md section 1 written with tensor operations, autograd
 through the L iterations. It is the oracle of the tests and the baseline of the benchmarks,
-and takes the arguments of :func:`sinkhorn_ext.sinkhorn_cost` (but ``backend``).
+and takes the arguments of :func:`sinkhorn_ext.sinkhorn_cost` (``backend`` is checked and has
+no effect: there is one way to run it).
 
 Inputs are normalised like the public functions', but not checked: give it valid input.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import debiased, prepare
+from sinkhorn_ext._inputs import check_backend, debiased, prepare
 from sinkhorn_ext.api import DEFAULT_EPS, DEFAULT_ITERS
 
 
@@ -38,9 +39,10 @@ def _cost(x, y, x_weights, y_weights, eps, iters, cost):
 
 def sinkhorn_cost(
     x, y, *, eps=DEFAULT_EPS, iters=DEFAULT_ITERS, cost="sqeuclidean",
-    x_weights=None, y_weights=None,
+    x_weights=None, y_weights=None, backend="auto",
 ):
     """W_L(x, y), paper eq. (8), by autograd through the log-domain iterations."""
+    check_backend(backend)
     inputs = prepare(x, y, x_weights, y_weights)
     return inputs.finish(
         _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost)
@@ -49,7 +51,8 @@ def sinkhorn_cost(
 
 def sinkhorn_loss(
     x, y, *, eps=DEFAULT_EPS, iters=DEFAULT_ITERS, cost="sqeuclidean",
-    x_weights=None, y_weights=None,
+    x_weights=None, y_weights=None, backend="auto",
 ):
     """2 W_L(x, y) - W_L(x, x) - W_L(y, y), paper eq. (4)."""
+    check_backend(backend)
     return debiased(_cost, prepare(x, y, x_weights, y_weights), eps, iters, cost)

@@ -21,6 +21,8 @@ void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
   TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape (B, ", rows, ", d), got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
                    " must be a float32 or float64 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.size(0) >= 1, name, " must contain at least one problem (B >= 1), got shape ",
+                    t.sizes());
   TORCH_CHECK_VALUE(t.size(1) >= 1, name, " must contain at least one point, got shape ",
                     t.sizes());
   TORCH_CHECK_VALUE(t.size(2) >= 1, name, " must have at least one feature, got shape ",
@@ -29,9 +31,10 @@ void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
                     t.size(1), ")");
 }
 
-// Weights must be probability vectors: (B, rows), nonnegative, each summing to 1.
+// Weights must be probability vectors: (B, rows), nonnegative, each summing to 1. The values
+// are read back (a device synchronisation), so only the forward checks them.
 void check_weights(const at::Tensor& w, const char* name, const at::Tensor& cloud,
-                   const char* rows) {
+                   const char* rows, bool check_values) {
   TORCH_CHECK_TYPE(w.scalar_type() == cloud.scalar_type(), name, " must have the dtype of its ",
                    "points (", cloud.scalar_type(), "), got ", w.scalar_type());
   TORCH_CHECK_VALUE(w.device() == cloud.device(), name, " must be on the device of its points (",
@@ -39,6 +42,7 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
   TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == cloud.size(0) && w.size(1) == cloud.size(1),
                     name, " must have shape (B, ", rows, ") = (", cloud.size(0), ", ",
                     cloud.size(1), "), got ", w.sizes());
+  if (!check_values) return;
   TORCH_CHECK_VALUE(w.ge(0).all().item<bool>(), name,
                     " must be nonnegative and finite (a probability vector)");
   // Summation in float32 loses about 1e-7 * log2(m) relative; weights computed in half
@@ -50,7 +54,7 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
 }
 
 void check_common(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                  const at::Tensor& y_weights, double eps) {
+                  const at::Tensor& y_weights, double eps, bool check_weight_values) {
   check_cloud(x, "x", "m");
   check_cloud(y, "y", "n");
   TORCH_CHECK_TYPE(y.scalar_type() == x.scalar_type(), "y must have the dtype of x (",
@@ -61,8 +65,8 @@ void check_common(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_
                     x.size(0), " and ", y.size(0));
   TORCH_CHECK_VALUE(x.size(2) == y.size(2), "x and y must have the same feature dimension d, got ",
                     x.size(2), " and ", y.size(2));
-  check_weights(x_weights, "x_weights", x, "m");
-  check_weights(y_weights, "y_weights", y, "n");
+  check_weights(x_weights, "x_weights", x, "m", check_weight_values);
+  check_weights(y_weights, "y_weights", y, "n", check_weight_values);
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
 }
 
@@ -80,6 +84,11 @@ SinkhornParams<T> make_params(const at::Tensor& x, const at::Tensor& y, const at
   p.d = x.size(2);
   p.iters = static_cast<int>(iters);
   p.eps = static_cast<T>(eps);
+  // The kernels divide by eps in T: it must stay a normal number there.
+  TORCH_CHECK_VALUE(std::isfinite(p.eps) && p.eps >= std::numeric_limits<T>::min() &&
+                        std::isfinite(T(1) / p.eps),
+                    "eps = ", eps, " is out of the range of ", x.scalar_type(), " (",
+                    std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")");
   p.cost = cost;
   return p;
 }
@@ -90,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
     const Kernels& kernels, const at::Tensor& x_in, const at::Tensor& y_in,
     const at::Tensor& x_weights_in, const at::Tensor& y_weights_in, double eps, int64_t iters,
     std::string_view cost_name) {
-  check_common(x_in, y_in, x_weights_in, y_weights_in, eps);
+  check_common(x_in, y_in, x_weights_in, y_weights_in, eps, /*check_weight_values=*/true);
   TORCH_CHECK_VALUE(iters >= 1 && iters <= std::numeric_limits<int>::max(),
                     "iters must be an integer >= 1, got ", iters);
   const Cost cost = parse_cost(cost_name);
@@ -125,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     const at::Tensor& y_in, const at::Tensor& x_weights_in, const at::Tensor& y_weights_in,
     const at::Tensor& u_history_in, const at::Tensor& v_history_in, double eps,
     std::string_view cost_name) {
-  check_common(x_in, y_in, x_weights_in, y_weights_in, eps);
+  check_common(x_in, y_in, x_weights_in, y_weights_in, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
   const int64_t B = x_in.size(0), m = x_in.size(1), n = y_in.size(1);
   const int64_t iters = u_history_in.dim() == 3 ? u_history_in.size(1) : 0;
