@@ -29,6 +29,13 @@
 
 namespace sinkhorn {
 
+// The full log-domain potential from the weight-free one the history keeps: f = eps log(alpha)
+// + u (-inf where the weight is zero), likewise g from v.
+template <typename T>
+SK_HOST_DEVICE SK_INLINE T with_log_weight(T weight, T potential, T eps) {
+  return eps * std::log(weight) + potential;
+}
+
 // Returns softmin_r(h). If WithExpectedCost, also writes sum_c M_rc softmax_rc, the cost of
 // row r averaged under its softmax (used for W = <C, P_L> and its adjoint).
 template <typename T, bool WithExpectedCost>

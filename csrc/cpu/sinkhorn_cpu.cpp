@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/cost.h"
+#include "core/softmin.h"
 #include "cpu/rows.h"
 
 namespace sinkhorn::cpu {
@@ -34,11 +35,9 @@ void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int6
   });
 }
 
-// out[b, r] = eps * log(weights[b, r]) + potential[b, r]: the full log-domain potential
-// from the weight-free one (-inf where a weight is zero).
 template <typename T>
 void add_log_weights(const T* weights, const T* potential, int64_t count, T eps, T* out) {
-  for (int64_t k = 0; k < count; ++k) out[k] = eps * std::log(weights[k]) + potential[k];
+  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(weights[k], potential[k], eps);
 }
 
 }  // namespace
@@ -57,7 +56,7 @@ void sinkhorn_forward(const SinkhornParams<T>& p) {
     for_each_row(B, m, n, [&](int64_t b, int64_t i) {
       const T u = softmin_row(p.cost_matrix + (b * m + i) * n, p.g + b * n, static_cast<int>(n), eps);
       p.u_history[(b * L + l - 1) * m + i] = u;
-      p.f[b * m + i] = eps * std::log(p.x_weights[b * m + i]) + u;
+      p.f[b * m + i] = with_log_weight(p.x_weights[b * m + i], u, eps);
     });
     // g-update: v^l_j = softmin over the row j of C^T of f^l.
     for_each_row(B, n, m, [&](int64_t b, int64_t j) {
@@ -67,7 +66,7 @@ void sinkhorn_forward(const SinkhornParams<T>& p) {
                                                         p.y_adjoint + b * n + j)
                        : softmin_row(row, f, static_cast<int>(m), eps);
       p.v_history[(b * L + l - 1) * n + j] = v;
-      p.g[b * n + j] = eps * std::log(p.y_weights[b * n + j]) + v;
+      p.g[b * n + j] = with_log_weight(p.y_weights[b * n + j], v, eps);
     });
   }
   // W_L = sum_ij C_ij P_ij = sum_j beta_j (expected cost of column j under P_L / beta_j).
@@ -119,10 +118,6 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
     });
     // Adjoint of the f-update of level l, over the rows j of C^T: psi^{l-1} and dW/dC
     // (layout C^T). At l = 1 the f-update read g^0 = 0, which carries no weight.
-    for (int64_t b = 0; b < B; ++b) {
-      add_log_weights(p.x_weights + b * m, u_at(b, l), m, eps, p.f + b * m);
-      if (l > 1) add_log_weights(p.y_weights + b * n, v_at(b, l - 1), n, eps, p.g + b * n);
-    }
     for_each_row(B, n, m, [&](int64_t b, int64_t j) {
       const int64_t bj = b * n + j;
       const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
@@ -134,6 +129,13 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
         p.grad_y_weights[bj] += eps * out;
       }
     });
+    // f^{l-1} and g^{l-1} for the next level down.
+    if (l > 1) {
+      for (int64_t b = 0; b < B; ++b) {
+        add_log_weights(p.x_weights + b * m, u_at(b, l - 1), m, eps, p.f + b * m);
+        add_log_weights(p.y_weights + b * n, v_at(b, l - 1), n, eps, p.g + b * n);
+      }
+    }
   }
 
   // H = (G + Gt^T) * k(C), written to both layouts, so that dW/dx and dW/dy are row sums.
