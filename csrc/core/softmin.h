@@ -59,6 +59,20 @@ SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __res
   return -eps * (shift + std::log(sum));
 }
 
+// One term c of the adjoint sum of a row (the formulas above): adds the term's G_rc
+// contribution to grad and returns its contribution to out_r.
+template <typename T, bool Terminal>
+SK_HOST_DEVICE SK_INLINE T adjoint_term(T cost, T h, T adj, T s, T w, T inv_eps, T& grad) {
+  const T e = fast_exp((s + h - cost) * inv_eps);
+  if (Terminal) {
+    const T scaled_cost = cost * inv_eps;
+    grad += w * e * (adj + T(1) - scaled_cost);
+    return (scaled_cost - adj) * e;
+  }
+  grad += w * e * adj;
+  return -adj * e;
+}
+
 template <typename T, bool Terminal>
 SK_HOST_DEVICE SK_INLINE T softmin_adjoint_row(const T* __restrict__ row, const T* __restrict__ h,
                                                const T* __restrict__ adj, T s, T w, int n, T eps,
@@ -67,17 +81,36 @@ SK_HOST_DEVICE SK_INLINE T softmin_adjoint_row(const T* __restrict__ row, const 
   T out = T(0);
   SK_SIMD_REDUCTION(+ : out)
   for (int c = 0; c < n; ++c) {
-    const T e = fast_exp((s + h[c] - row[c]) * inv_eps);
-    if (Terminal) {
-      const T scaled_cost = row[c] * inv_eps;
-      grad_row[c] += w * e * (adj[c] + T(1) - scaled_cost);
-      out += (scaled_cost - adj[c]) * e;
-    } else {
-      grad_row[c] += w * e * adj[c];
-      out -= adj[c] * e;
-    }
+    out += adjoint_term<T, Terminal>(row[c], h[c], adj[c], s, w, inv_eps, grad_row[c]);
   }
   return out;
 }
+
+// softmin_row accumulated one term at a time with a running maximum (the online log-sum-exp
+// of FlashAttention and KeOps), for kernels that stream a row in pieces and cannot read it
+// twice. Terms with h = -inf (zero weight) are skipped; a NaN term makes the result NaN.
+template <typename T, bool WithExpectedCost>
+struct OnlineSoftmin {
+  T shift = -std::numeric_limits<T>::infinity();
+  T sum = T(0);
+  T cost = T(0);  // sum of M_rc exp(t_c - shift), if WithExpectedCost
+
+  SK_HOST_DEVICE SK_INLINE void add(T h, T row_cost, T inv_eps) {
+    const T t = (h - row_cost) * inv_eps;
+    if (t > shift) {
+      const T rescale = fast_exp(shift - t);
+      sum = sum * rescale + T(1);
+      if (WithExpectedCost) cost = cost * rescale + row_cost;
+      shift = t;
+    } else if (t != -std::numeric_limits<T>::infinity()) {
+      const T e = fast_exp(t - shift);
+      sum += e;
+      if (WithExpectedCost) cost += row_cost * e;
+    }
+  }
+
+  SK_HOST_DEVICE SK_INLINE T softmin(T eps) const { return -eps * (shift + std::log(sum)); }
+  SK_HOST_DEVICE SK_INLINE T expected_cost() const { return cost / sum; }
+};
 
 }  // namespace sinkhorn

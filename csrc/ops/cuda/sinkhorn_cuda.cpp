@@ -1,0 +1,54 @@
+// CUDA registration of the ops (built only into a CUDA build of the extension): the kernels
+// of csrc/cuda run on the current stream of the inputs' device.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "cuda/sinkhorn_cuda.h"
+#include "ops/sinkhorn.h"
+
+namespace sinkhorn::ops {
+namespace {
+
+void check_cuda(cudaError_t error, const char* what) {
+  TORCH_CHECK(error == cudaSuccess, "sinkhorn_ext: the CUDA ", what, " failed: ",
+              cudaGetErrorString(error));
+}
+
+template <typename T>
+void forward(const SinkhornParams<T>& p) {
+  check_cuda(cuda::sinkhorn_forward(p, c10::cuda::getCurrentCUDAStream()), "forward");
+}
+
+template <typename T>
+void backward(const SinkhornParams<T>& p) {
+  check_cuda(cuda::sinkhorn_backward(p, c10::cuda::getCurrentCUDAStream()), "backward");
+}
+
+constexpr Kernels kCudaKernels{{forward<float>, backward<float>},
+                               {forward<double>, backward<double>}};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cuda(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+    const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost) {
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  return sinkhorn_cost(kCudaKernels, x, y, x_weights, y_weights, eps, iters,
+                       std::string_view(cost.data(), cost.size()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cuda(
+    const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
+    const at::Tensor& v_history, double eps, c10::string_view cost) {
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  return sinkhorn_cost_backward(kCudaKernels, grad_cost, x, y, x_weights, y_weights, u_history,
+                                v_history, eps, std::string_view(cost.data(), cost.size()));
+}
+
+}  // namespace
+}  // namespace sinkhorn::ops
+
+TORCH_LIBRARY_IMPL(sinkhorn_ext, CUDA, m) {
+  m.impl("sinkhorn_cost", &sinkhorn::ops::sinkhorn_cost_cuda);
+  m.impl("sinkhorn_cost_backward", &sinkhorn::ops::sinkhorn_cost_backward_cuda);
+}

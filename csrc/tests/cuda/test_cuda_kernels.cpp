@@ -1,0 +1,183 @@
+// The CUDA kernels of csrc/cuda, compiled from their unchanged source by the host compiler
+// and run on the CPU by the emulation layer (tests/emulation/cuda_runtime.h), against the CPU
+// op: values and gradients to rounding, for both strategies (resident: one launch, C in
+// shared memory; tiled: one launch per half-step) and three orders of running the threads
+// between barriers.
+//
+// What this proves: the kernels' arithmetic, indexing (tile tails, padding, batch and row
+// offsets) and barrier placement. What it does not: memory coalescing, occupancy, speed,
+// races between threads outside barriers (the emulation runs one thread at a time), or the
+// device's own numerics (expf, fused multiply-adds). It complements a GPU run of
+// python_tests/test_cuda.py; it does not replace it.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu/sinkhorn_cpu.h"
+#include "cuda/sinkhorn_cuda.h"
+#include "tests/harness.h"
+#include "tests/problems.h"
+
+namespace {
+
+namespace emulation = sinkhorn::emulation;
+using sinkhorn::Cost;
+using sinkhorn::SinkhornParams;
+using sktest::ForwardResult;
+using sktest::Grads;
+using sktest::make_problem;
+using sktest::max_rel_diff;
+using sktest::Problem;
+
+enum class Strategy { kResident, kTiled };
+
+const char* strategy_name(Strategy s) { return s == Strategy::kResident ? "resident" : "tiled"; }
+
+const char* schedule_name(emulation::Schedule s) {
+  switch (s) {
+    case emulation::Schedule::kForward: return "forward";
+    case emulation::Schedule::kReverse: return "reverse";
+    case emulation::Schedule::kShuffled: return "shuffled";
+  }
+  return "?";
+}
+
+constexpr emulation::Schedule kSchedules[] = {
+    emulation::Schedule::kForward, emulation::Schedule::kReverse, emulation::Schedule::kShuffled};
+
+// Selects the strategy through the shared memory the emulated device offers a block, and the
+// order in which the emulation resumes threads; restores the defaults when the test ends.
+struct DeviceSetup {
+  int saved_shared = emulation::max_shared_memory_per_block_optin();
+  DeviceSetup(Strategy strategy, emulation::Schedule schedule, unsigned seed) {
+    if (strategy == Strategy::kTiled) emulation::set_max_shared_memory_per_block_optin(0);
+    emulation::set_schedule(schedule, seed);
+  }
+  ~DeviceSetup() {
+    emulation::set_max_shared_memory_per_block_optin(saved_shared);
+    emulation::set_schedule(emulation::Schedule::kForward);
+  }
+};
+
+void check_launches(cudaError_t error, const std::string& where) {
+  SK_CHECK(error == cudaSuccess) << cudaGetErrorString(error) << ": "
+                                 << emulation::last_error_message() << " (" << where << ")";
+}
+
+template <typename T>
+struct CudaKernels {
+  std::string where;
+  void forward(const SinkhornParams<T>& p) const {
+    check_launches(sinkhorn::cuda::sinkhorn_forward(p, cudaStream_t{}), where);
+  }
+  void backward(const SinkhornParams<T>& p) const {
+    check_launches(sinkhorn::cuda::sinkhorn_backward(p, cudaStream_t{}), where);
+  }
+};
+
+// Sizes around the tile length (kThreads = 128) and the resident block (256 threads), a
+// single point, n = 1 and m = 1, batches, zero weights; both costs, several L and eps.
+template <typename T>
+std::vector<Problem<T>> problems() {
+  std::vector<Problem<T>> ps;
+  std::uint64_t seed = 100;
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    ps.push_back(make_problem<T>(1, 1, 1, 1, 2, 0.5, cost, seed++));
+    ps.push_back(make_problem<T>(2, 7, 5, 3, 3, 0.5, cost, seed++));
+    ps.push_back(make_problem<T>(3, 1, 9, 2, 2, 0.2, cost, seed++));
+    ps.push_back(make_problem<T>(2, 9, 1, 2, 2, 0.2, cost, seed++));
+    ps.push_back(make_problem<T>(1, 130, 37, 2, 3, 0.1, cost, seed++));
+    ps.push_back(make_problem<T>(2, 29, 131, 4, 1, 0.05, cost, seed++));
+  }
+  ps.push_back(make_problem<T>(1, 259, 33, 2, 2, 0.3, Cost::kSqEuclidean, seed++));
+  // Zero weights (a log-weight of -inf) on both sides.
+  Problem<T> zero = make_problem<T>(2, 6, 8, 2, 3, 0.2, Cost::kSqEuclidean, seed++);
+  for (auto* w : {&zero.a, &zero.b}) {
+    const T moved = (*w)[1];
+    (*w)[1] = T(0);
+    (*w)[2] += moved;
+  }
+  ps.push_back(zero);
+  return ps;
+}
+
+// Launches of one forward: 1 for the resident kernel; for the tiled path 2 cost matrices,
+// 2 half-steps per iteration and the final sum.
+int64_t forward_launches(Strategy s, int64_t L) { return s == Strategy::kResident ? 1 : 2 * L + 3; }
+
+template <typename T>
+void check_forward(Strategy strategy, double rtol) {
+  for (const auto& p : problems<T>()) {
+    const ForwardResult<T> cpu = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<T>);
+    unsigned seed = 1;
+    for (auto schedule : kSchedules) {
+      const std::string where = p.describe() + ", " + strategy_name(strategy) + ", " +
+                                schedule_name(schedule) + " schedule";
+      const DeviceSetup setup(strategy, schedule, seed++);
+      const CudaKernels<T> cuda{where};
+      const int64_t launches_before = emulation::launch_count();
+      const ForwardResult<T> got =
+          sktest::run_forward(p, [&](const SinkhornParams<T>& sp) { cuda.forward(sp); });
+      SK_CHECK(emulation::launch_count() - launches_before == forward_launches(strategy, p.L))
+          << emulation::launch_count() - launches_before << " launches (" << where << ")";
+      SK_CHECK(max_rel_diff(got.W, cpu.W) <= rtol) << "W: " << max_rel_diff(got.W, cpu.W)
+                                                   << " (" << where << ")";
+      // Potentials to rtol relative to the cost scale (they are offsets of order max C).
+      SK_CHECK(max_rel_diff(got.u, cpu.u, 1.0) <= rtol)
+          << "u_history: " << max_rel_diff(got.u, cpu.u, 1.0) << " (" << where << ")";
+      SK_CHECK(max_rel_diff(got.v, cpu.v, 1.0) <= rtol)
+          << "v_history: " << max_rel_diff(got.v, cpu.v, 1.0) << " (" << where << ")";
+    }
+  }
+}
+
+// The backward is run on the CPU forward's history, so that it is compared on its own.
+template <typename T>
+void check_backward(Strategy strategy, double rtol) {
+  for (const auto& p : problems<T>()) {
+    const ForwardResult<T> fw = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<T>);
+    std::vector<T> grad_cost(static_cast<std::size_t>(p.B));
+    for (int64_t b = 0; b < p.B; ++b) grad_cost[b] = static_cast<T>(0.5 + 0.75 * b);
+    const Grads<T> cpu =
+        sktest::run_backward(p, fw, grad_cost, sinkhorn::cpu::sinkhorn_backward<T>);
+    unsigned seed = 7;
+    for (auto schedule : kSchedules) {
+      const std::string where = p.describe() + ", " + strategy_name(strategy) + ", " +
+                                schedule_name(schedule) + " schedule";
+      const DeviceSetup setup(strategy, schedule, seed++);
+      const CudaKernels<T> cuda{where};
+      const int64_t launches_before = emulation::launch_count();
+      const Grads<T> got = sktest::run_backward(
+          p, fw, grad_cost, [&](const SinkhornParams<T>& sp) { cuda.backward(sp); });
+      if (strategy == Strategy::kResident) {
+        SK_CHECK(emulation::launch_count() - launches_before == 1)
+            << emulation::launch_count() - launches_before << " launches (" << where << ")";
+      }
+      SK_CHECK(max_rel_diff(got.x, cpu.x) <= rtol)
+          << "grad x: " << max_rel_diff(got.x, cpu.x) << " (" << where << ")";
+      SK_CHECK(max_rel_diff(got.y, cpu.y) <= rtol)
+          << "grad y: " << max_rel_diff(got.y, cpu.y) << " (" << where << ")";
+      // Weight gradients are of the order of the cost (with m = 1, dW/dalpha is 0 up to
+      // rounding): relative to at least 1.
+      SK_CHECK(max_rel_diff(got.a, cpu.a, 1.0) <= rtol)
+          << "grad x_weights: " << max_rel_diff(got.a, cpu.a, 1.0) << " (" << where << ")";
+      SK_CHECK(max_rel_diff(got.b, cpu.b, 1.0) <= rtol)
+          << "grad y_weights: " << max_rel_diff(got.b, cpu.b, 1.0) << " (" << where << ")";
+    }
+  }
+}
+
+}  // namespace
+
+SK_TEST(cuda_forward, resident_double_matches_cpu) { check_forward<double>(Strategy::kResident, 1e-12); }
+SK_TEST(cuda_forward, resident_float_matches_cpu) { check_forward<float>(Strategy::kResident, 2e-5); }
+SK_TEST(cuda_forward, tiled_double_matches_cpu) { check_forward<double>(Strategy::kTiled, 1e-12); }
+SK_TEST(cuda_forward, tiled_float_matches_cpu) { check_forward<float>(Strategy::kTiled, 2e-5); }
+
+SK_TEST(cuda_backward, resident_double_matches_cpu) { check_backward<double>(Strategy::kResident, 1e-11); }
+SK_TEST(cuda_backward, resident_float_matches_cpu) { check_backward<float>(Strategy::kResident, 1e-4); }
+SK_TEST(cuda_backward, tiled_double_matches_cpu) { check_backward<double>(Strategy::kTiled, 1e-11); }
+SK_TEST(cuda_backward, tiled_float_matches_cpu) { check_backward<float>(Strategy::kTiled, 1e-4); }
