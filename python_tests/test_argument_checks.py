@@ -133,3 +133,21 @@ def test_import_without_the_extension_says_how_to_build_it():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install --no-build-isolation" in result.stderr
+
+
+@pytest.mark.skipif(
+    torch._C._dispatch_has_kernel_for_dispatch_key("sinkhorn_ext::sinkhorn_cost", "CUDA"),
+    reason="this build has CUDA kernels",
+)
+def test_cuda_input_without_cuda_kernels_says_how_to_build_them():
+    from sinkhorn_ext._ops import check_device
+
+    with pytest.raises(RuntimeError, match=r"no kernels for cuda tensors.*FORCE_CUDA=1"):
+        check_device(torch.device("cuda"))
+
+
+def test_unsupported_device_is_named():
+    from sinkhorn_ext._ops import check_device
+
+    with pytest.raises(RuntimeError, match=r"no kernels for xpu tensors.*cpu and cuda"):
+        check_device(torch.device("xpu"))

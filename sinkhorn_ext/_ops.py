@@ -15,6 +15,22 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 ops = torch.ops.sinkhorn_ext
 
 
+def check_device(device: torch.device) -> None:
+    """Raises a clear error for tensors on a device this build has no kernels for (CUDA
+    kernels are compiled only into a CUDA build of the extension)."""
+    if device.type == "meta":  # shapes only: the fake kernels below
+        return
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    if key and torch._C._dispatch_has_kernel_for_dispatch_key("sinkhorn_ext::sinkhorn_cost", key):
+        return
+    hint = (
+        " This build has no CUDA kernels: reinstall with a CUDA-enabled torch and toolkit "
+        "(`FORCE_CUDA=1 pip install --no-build-isolation .`), or move the inputs to the CPU."
+        if device.type == "cuda" else " Supported devices: cpu and cuda."
+    )
+    raise RuntimeError(f"sinkhorn_ext has no kernels for {device.type} tensors.{hint}")
+
+
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_cost")
 def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost):
     torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")

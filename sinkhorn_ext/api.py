@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from sinkhorn_ext._inputs import check_backend, check_options, debiased, prepare
-from sinkhorn_ext._ops import ops
+from sinkhorn_ext._ops import check_device, ops
 
 DEFAULT_EPS = 0.1
 DEFAULT_ITERS = 20
 
 
 def _cost(x, y, x_weights, y_weights, eps, iters, cost) -> torch.Tensor:
+    check_device(x.device)
     return ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost)[0]
 
 
