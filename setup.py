@@ -23,6 +23,11 @@ def _use_cuda():
     if _flag("FORCE_CPU"):
         return False
     if _flag("FORCE_CUDA"):
+        if CUDA_HOME is None:  # torch sets it only when it was itself built with CUDA
+            raise SystemExit(
+                "FORCE_CUDA=1 needs a CUDA build of torch (this one is "
+                f"{torch.__version__}) and a CUDA toolkit (set CUDA_HOME)"
+            )
         return True
     return torch.cuda.is_available() and CUDA_HOME is not None
 
