@@ -23,7 +23,8 @@ EMULATED_TESTS = "sinkhorn_emulated_cuda_tests"
 def _run(*cmd, cwd=ROOT, check=True):
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     if check:
-        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout}\n{result.stderr}"
+        command = " ".join(map(str, cmd))
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 

@@ -3,6 +3,7 @@
 import torch
 
 from sinkhorn_ext._inputs import COSTS  # noqa: F401  (re-exported for the tests)
+from sinkhorn_ext._ops import KERNEL_DEVICES
 DTYPES = (torch.float32, torch.float64)
 # Agreement with the float64 reference: rounding accumulated over a few dozen iterations.
 TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -23,3 +24,15 @@ def random_problem(m, n, d, batch=None, dtype=torch.float64, weighted=True, seed
     if not weighted:
         return x, y, None, None
     return x, y, random_weights((*lead, m), dtype, gen), random_weights((*lead, n), dtype, gen)
+
+
+def cuda_skip_reason():
+    """Why the CUDA tests cannot run here (a string), or None where they can: they need a GPU
+    and a CUDA build of the extension."""
+    if not torch.cuda.is_available():
+        return (f"needs a GPU: torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, CUDA {torch.version.cuda})")
+    if "cuda" not in KERNEL_DEVICES:
+        return ("needs a CUDA build of sinkhorn_ext: this one has no CUDA kernels "
+                "(rebuild it with FORCE_CUDA=1 pip install --no-build-isolation .)")
+    return None

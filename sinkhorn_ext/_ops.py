@@ -15,13 +15,18 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 ops = torch.ops.sinkhorn_ext
 
 
+# The devices this build has kernels for (CUDA kernels are compiled only into a CUDA build),
+# looked up once: torch.compile traces check_device, and cannot trace the dispatcher query.
+KERNEL_DEVICES = frozenset(
+    device
+    for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if torch._C._dispatch_has_kernel_for_dispatch_key("sinkhorn_ext::sinkhorn_cost", key)
+)
+
+
 def check_device(device: torch.device) -> None:
-    """Raises a clear error for tensors on a device this build has no kernels for (CUDA
-    kernels are compiled only into a CUDA build of the extension)."""
-    if device.type == "meta":  # shapes only: the fake kernels below
-        return
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    if key and torch._C._dispatch_has_kernel_for_dispatch_key("sinkhorn_ext::sinkhorn_cost", key):
+    """Raises a clear error for tensors on a device this build has no kernels for."""
+    if device.type in KERNEL_DEVICES or device.type == "meta":  # meta: the fake kernels below
         return
     hint = (
         " This build has no CUDA kernels: reinstall with a CUDA-enabled torch and toolkit "
