@@ -15,6 +15,7 @@ import time
 import torch
 
 import sinkhorn_ext as sk
+from sinkhorn_ext._ops import KERNEL_DEVICES
 
 
 def time_forward_backward(loss_fn, x, y, eps, iters, repeats):
@@ -42,7 +43,7 @@ def check_cuda():
     if not torch.cuda.is_available():
         sys.exit(f"--device cuda: no GPU available (torch {torch.__version__}, "
                  f"CUDA {torch.version.cuda}); use --device cpu")
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("sinkhorn_ext::sinkhorn_cost", "CUDA"):
+    if "cuda" not in KERNEL_DEVICES:
         sys.exit("--device cuda: this build of sinkhorn_ext has no CUDA kernels; rebuild it with "
                  "FORCE_CUDA=1 pip install --no-build-isolation . (see README.md)")
 

@@ -231,6 +231,14 @@ def test_opcheck_backward_op_on_cuda(contiguous):
                           (grad_cost, x, y, a, b, u, v, 0.5, "sqeuclidean"))
 
 
+def test_backward_op_rejects_a_history_on_another_device():
+    x, y, a, b = _cuda(random_problem(6, 5, 2, batch=1))
+    _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
+    grad_cost = torch.ones(1, dtype=x.dtype, device=x.device)
+    with pytest.raises(ValueError, match=r"u_history and v_history must be on the device of x"):
+        ops.sinkhorn_cost_backward(grad_cost, x, y, a, b, u.cpu(), v, 0.5, "sqeuclidean")
+
+
 def test_compiled_cuda_loss_and_gradients_match_eager():
     from torch.utils._triton import has_triton
 

@@ -13,6 +13,7 @@
 
 import argparse
 import concurrent.futures
+import glob
 import os
 import re
 import shutil
@@ -129,14 +130,13 @@ def main():
     if nvcc is None:
         sys.exit(f"check_cuda: nvcc not found ({args.nvcc!r}); install the CUDA toolkit or "
                  "pass --nvcc")
-    cu_sources = sorted(os.path.join(CSRC, "cuda", f) for f in os.listdir(os.path.join(CSRC, "cuda"))
-                        if f.endswith(".cu"))
-    bindings = sorted(os.path.join(CSRC, "ops", "cuda", f)
-                      for f in os.listdir(os.path.join(CSRC, "ops", "cuda")) if f.endswith(".cpp"))
+    cu_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    bindings = sorted(glob.glob(os.path.join(CSRC, "ops", "cuda", "*.cpp")))
     failed = False
     with tempfile.TemporaryDirectory() as workdir, \
             concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        jobs = [pool.submit(check_cu, nvcc, s, args.arch, args.nvcc_flag, workdir) for s in cu_sources]
+        jobs = [pool.submit(check_cu, nvcc, s, args.arch, args.nvcc_flag, workdir)
+                for s in cu_sources]
         cuda_include = cuda_include_dir(nvcc)
         jobs += [pool.submit(check_binding, s, cuda_include, workdir) for s in bindings]
         results = [j.result() for j in jobs]

@@ -33,16 +33,6 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
 #endif
 }
 
-// A launch whose dynamic shared memory may exceed the default 48 KiB: opts the kernel in
-// first (cheap; the runtime caches it).
-template <typename... Params, typename... Args>
-cudaError_t launch_with_shared(void (*kernel)(Params...), dim3 grid, dim3 block,
-                               size_t shared_bytes, cudaStream_t stream, Args&&... args) {
-  SK_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(shared_bytes)));
-  return launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
-}
-
 // The largest dynamic shared memory a block may have on the current device.
 inline cudaError_t max_shared_bytes_per_block(size_t* bytes) {
   int device = 0, value = 0;
@@ -50,6 +40,19 @@ inline cudaError_t max_shared_bytes_per_block(size_t* bytes) {
   SK_CUDA_TRY(cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   *bytes = static_cast<size_t>(value);
   return cudaSuccess;
+}
+
+// A launch whose dynamic shared memory may exceed the default 48 KiB. The kernel is opted in
+// to the device's maximum, not to this launch's size: the attribute is per function and
+// device, so the same value for every caller keeps host threads from undoing each other's.
+template <typename... Params, typename... Args>
+cudaError_t launch_with_shared(void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+  size_t available = 0;
+  SK_CUDA_TRY(max_shared_bytes_per_block(&available));
+  SK_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(available)));
+  return launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
 }
 
 // Grid sizes are capped at what every dimension allows; kernels loop over the rest.

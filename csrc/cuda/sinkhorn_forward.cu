@@ -8,7 +8,8 @@ namespace {
 // One block per problem: builds C in shared memory and runs all L iterations and
 // W_L = sum_j beta_j (expected cost of column j under P_L) in this one launch.
 template <typename T>
-__global__ void __launch_bounds__(kResidentThreads, 1) forward_resident_kernel(SinkhornParams<T> p) {
+__global__ void __launch_bounds__(kResidentThreads, 1)
+    forward_resident_kernel(SinkhornParams<T> p) {
   SK_DYNAMIC_SHARED(T, shared);
   const ResidentLayout layout(p.m, p.n);
   T* C = shared;

@@ -29,6 +29,8 @@ void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
                     t.sizes());
   TORCH_CHECK_VALUE(t.size(1) <= std::numeric_limits<int>::max(), name, " has too many points (",
                     t.size(1), ")");
+  TORCH_CHECK_VALUE(t.size(2) <= std::numeric_limits<int>::max(), name, " has too many features (",
+                    t.size(2), ")");
 }
 
 // Weights must be probability vectors: (B, rows), nonnegative, each summing to 1. The values
@@ -152,6 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     TORCH_CHECK_TYPE(t->scalar_type() == x_in.scalar_type(),
                      "grad_cost, u_history and v_history must have the dtype of x (",
                      x_in.scalar_type(), "), got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x_in.device(),
+                      "grad_cost, u_history and v_history must be on the device of x (",
+                      x_in.device(), "), got ", t->device());
   }
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   const at::Tensor x_weights = x_weights_in.contiguous(), y_weights = y_weights_in.contiguous();

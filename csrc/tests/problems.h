@@ -128,7 +128,8 @@ Grads<T> run_backward(const Problem<T>& p, const ForwardResult<T>& fw,
   Grads<T> gr{nans<T>(B * m * d), nans<T>(B * n * d), nans<T>(B * m), nans<T>(B * n)};
   std::vector<T> u = fw.u, v = fw.v;
   std::vector<T> C = nans<T>(B * m * n), Ct = nans<T>(B * n * m);
-  std::vector<T> G(static_cast<std::size_t>(B * m * n), T(0)), Gt(static_cast<std::size_t>(B * n * m), T(0));
+  std::vector<T> G(static_cast<std::size_t>(B * m * n), T(0));
+  std::vector<T> Gt(static_cast<std::size_t>(B * n * m), T(0));
   std::vector<T> f = nans<T>(B * m), g = nans<T>(B * n), phi = nans<T>(B * m), psi = nans<T>(B * n);
   SinkhornParams<T> sp = base_params(p);
   sp.u_history = u.data();
