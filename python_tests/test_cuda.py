@@ -110,7 +110,7 @@ def _assert_equal(got, expected):
 
 
 def _resident_bytes(m, n, dtype):
-    # csrc/cuda/common.cuh, ResidentLayout: C with rows padded to an odd stride, f, g, phi,
+    # csrc/cuda/common.cuh, ResidentShared: C with rows padded to an odd stride, f, g, phi,
     # psi and a 256-entry reduction scratch.
     return (m * (n | 1) + 2 * (m + n) + 256) * dtype.itemsize
 

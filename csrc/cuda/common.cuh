@@ -142,31 +142,31 @@ cudaError_t softmin_step(const HalfStep<T>& s, cudaStream_t stream) {
 
 // Shared memory of the resident kernels: C with rows padded to an odd stride, then f (m),
 // g (n), phi (m), psi (n) and a reduction scratch (kResidentThreads).
-struct ResidentLayout {
-  int64_t stride = 0;  // of C's rows, odd
-  int64_t f = 0, g = 0, phi = 0, psi = 0, scratch = 0, count = 0;  // offsets, in elements
+template <typename T>
+struct ResidentShared {
+  int64_t stride;  // of C's rows, odd
+  T *C, *f, *g, *phi, *psi, *scratch;
 
-  __host__ __device__ ResidentLayout(int64_t m, int64_t n)
+  __host__ __device__ ResidentShared(T* base, int64_t m, int64_t n)
       : stride(n | 1),
-        f(m * stride),
+        C(base),
+        f(C + m * stride),
         g(f + m),
         phi(g + n),
         psi(phi + m),
-        scratch(psi + n),
-        count(scratch + kResidentThreads) {}
-};
+        scratch(psi + n) {}
 
-template <typename T>
-size_t resident_shared_bytes(int64_t m, int64_t n) {
-  return static_cast<size_t>(ResidentLayout(m, n).count) * sizeof(T);
-}
+  static size_t bytes(int64_t m, int64_t n) {
+    return static_cast<size_t>(m * (n | 1) + 2 * (m + n) + kResidentThreads) * sizeof(T);
+  }
+};
 
 // Whether a problem of this size runs in the resident kernels on the current device.
 template <typename T>
 cudaError_t fits_resident(int64_t m, int64_t n, bool* fits) {
   size_t available = 0;
   SK_CUDA_TRY(max_shared_bytes_per_block(&available));
-  *fits = resident_shared_bytes<T>(m, n) <= available;
+  *fits = ResidentShared<T>::bytes(m, n) <= available;
   return cudaSuccess;
 }
 

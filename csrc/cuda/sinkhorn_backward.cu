@@ -29,13 +29,9 @@ template <typename T>
 __global__ void __launch_bounds__(kResidentThreads, 1)
     backward_resident_kernel(SinkhornParams<T> p) {
   SK_DYNAMIC_SHARED(T, shared);
-  const ResidentLayout layout(p.m, p.n);
-  T* C = shared;
-  T* f = shared + layout.f;
-  T* g = shared + layout.g;
-  T* phi = shared + layout.phi;
-  T* psi = shared + layout.psi;
-  const int64_t m = p.m, n = p.n, d = p.d, L = p.iters, stride = layout.stride;
+  const ResidentShared<T> smem(shared, p.m, p.n);
+  T *C = smem.C, *f = smem.f, *g = smem.g, *phi = smem.phi, *psi = smem.psi;
+  const int64_t m = p.m, n = p.n, d = p.d, L = p.iters, stride = smem.stride;
   const T eps = p.eps, inv_eps = T(1) / p.eps;
   for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) {
     T* G = p.grad_matrix + b * m * n;
@@ -351,7 +347,7 @@ cudaError_t sinkhorn_backward(const SinkhornParams<T>& p, cudaStream_t stream) {
   SK_CUDA_TRY(fits_resident<T>(p.m, p.n, &resident));
   if (!resident) return backward_tiled(p, stream);
   return launch_with_shared(backward_resident_kernel<T>, dim3(grid_dim(p.batch)),
-                            dim3(kResidentThreads), resident_shared_bytes<T>(p.m, p.n), stream,
+                            dim3(kResidentThreads), ResidentShared<T>::bytes(p.m, p.n), stream,
                             p);
 }
 

@@ -11,12 +11,9 @@ template <typename T>
 __global__ void __launch_bounds__(kResidentThreads, 1)
     forward_resident_kernel(SinkhornParams<T> p) {
   SK_DYNAMIC_SHARED(T, shared);
-  const ResidentLayout layout(p.m, p.n);
-  T* C = shared;
-  T* f = shared + layout.f;
-  T* g = shared + layout.g;
-  T* scratch = shared + layout.scratch;
-  const int64_t m = p.m, n = p.n, L = p.iters, stride = layout.stride;
+  const ResidentShared<T> smem(shared, p.m, p.n);
+  T *C = smem.C, *f = smem.f, *g = smem.g;
+  const int64_t m = p.m, n = p.n, L = p.iters, stride = smem.stride;
   const T eps = p.eps, inv_eps = T(1) / p.eps;
   for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) {
     load_cost_matrix(p, b, stride, C);
@@ -51,7 +48,7 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
       }
       __syncthreads();
     }
-    cost = block_sum(cost, scratch);
+    cost = block_sum(cost, smem.scratch);
     if (threadIdx.x == 0) p.cost_out[b] = cost;
   }
 }
@@ -111,7 +108,8 @@ cudaError_t sinkhorn_forward(const SinkhornParams<T>& p, cudaStream_t stream) {
   SK_CUDA_TRY(fits_resident<T>(p.m, p.n, &resident));
   if (!resident) return forward_tiled(p, stream);
   return launch_with_shared(forward_resident_kernel<T>, dim3(grid_dim(p.batch)),
-                            dim3(kResidentThreads), resident_shared_bytes<T>(p.m, p.n), stream, p);
+                            dim3(kResidentThreads), ResidentShared<T>::bytes(p.m, p.n), stream,
+                            p);
 }
 
 template cudaError_t sinkhorn_forward<float>(const SinkhornParams<float>&, cudaStream_t);

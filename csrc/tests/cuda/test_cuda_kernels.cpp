@@ -68,15 +68,29 @@ void check_launches(cudaError_t error, const std::string& where) {
 }
 
 template <typename T>
-struct CudaKernels {
-  std::string where;
-  void forward(const SinkhornParams<T>& p) const {
-    check_launches(sinkhorn::cuda::sinkhorn_forward(p, cudaStream_t{}), where);
+void check_close(const char* name, const std::vector<T>& got, const std::vector<T>& expected,
+                 double floor, double rtol, const std::string& where) {
+  const double diff = max_rel_diff(got, expected, floor);
+  SK_CHECK(diff <= rtol) << name << ": " << diff << " (" << where << ")";
+}
+
+// Calls run(where) under each schedule, with the emulated device set up for the strategy,
+// and checks that each call made expected_launches launches (if >= 0).
+template <typename Run>
+void for_each_schedule(const std::string& problem, Strategy strategy, unsigned seed,
+                       int64_t expected_launches, const Run& run) {
+  for (auto schedule : kSchedules) {
+    const std::string where = problem + ", " + strategy_name(strategy) + ", " +
+                              schedule_name(schedule) + " schedule";
+    const DeviceSetup setup(strategy, schedule, seed++);
+    const int64_t before = emulation::launch_count();
+    run(where);
+    const int64_t launches = emulation::launch_count() - before;
+    if (expected_launches >= 0) {
+      SK_CHECK(launches == expected_launches) << launches << " launches (" << where << ")";
+    }
   }
-  void backward(const SinkhornParams<T>& p) const {
-    check_launches(sinkhorn::cuda::sinkhorn_backward(p, cudaStream_t{}), where);
-  }
-};
+}
 
 // Sizes around the tile length (kThreads = 128) and the resident block (256 threads), a
 // single point, n = 1 and m = 1, batches, zero weights; both costs, several L and eps.
@@ -112,25 +126,16 @@ template <typename T>
 void check_forward(Strategy strategy, double rtol) {
   for (const auto& p : problems<T>()) {
     const ForwardResult<T> cpu = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<T>);
-    unsigned seed = 1;
-    for (auto schedule : kSchedules) {
-      const std::string where = p.describe() + ", " + strategy_name(strategy) + ", " +
-                                schedule_name(schedule) + " schedule";
-      const DeviceSetup setup(strategy, schedule, seed++);
-      const CudaKernels<T> cuda{where};
-      const int64_t launches_before = emulation::launch_count();
-      const ForwardResult<T> got =
-          sktest::run_forward(p, [&](const SinkhornParams<T>& sp) { cuda.forward(sp); });
-      SK_CHECK(emulation::launch_count() - launches_before == forward_launches(strategy, p.L))
-          << emulation::launch_count() - launches_before << " launches (" << where << ")";
-      SK_CHECK(max_rel_diff(got.W, cpu.W) <= rtol) << "W: " << max_rel_diff(got.W, cpu.W)
-                                                   << " (" << where << ")";
-      // Potentials to rtol relative to the cost scale (they are offsets of order max C).
-      SK_CHECK(max_rel_diff(got.u, cpu.u, 1.0) <= rtol)
-          << "u_history: " << max_rel_diff(got.u, cpu.u, 1.0) << " (" << where << ")";
-      SK_CHECK(max_rel_diff(got.v, cpu.v, 1.0) <= rtol)
-          << "v_history: " << max_rel_diff(got.v, cpu.v, 1.0) << " (" << where << ")";
-    }
+    for_each_schedule(p.describe(), strategy, 1, forward_launches(strategy, p.L),
+                      [&](const std::string& where) {
+      const ForwardResult<T> got = sktest::run_forward(p, [&](const SinkhornParams<T>& sp) {
+        check_launches(sinkhorn::cuda::sinkhorn_forward(sp, cudaStream_t{}), where);
+      });
+      check_close("W", got.W, cpu.W, 0.0, rtol, where);
+      // Potentials relative to at least 1: they are offsets of the order of the cost.
+      check_close("u_history", got.u, cpu.u, 1.0, rtol, where);
+      check_close("v_history", got.v, cpu.v, 1.0, rtol, where);
+    });
   }
 }
 
@@ -143,30 +148,19 @@ void check_backward(Strategy strategy, double rtol) {
     for (int64_t b = 0; b < p.B; ++b) grad_cost[b] = static_cast<T>(0.5 + 0.75 * b);
     const Grads<T> cpu =
         sktest::run_backward(p, fw, grad_cost, sinkhorn::cpu::sinkhorn_backward<T>);
-    unsigned seed = 7;
-    for (auto schedule : kSchedules) {
-      const std::string where = p.describe() + ", " + strategy_name(strategy) + ", " +
-                                schedule_name(schedule) + " schedule";
-      const DeviceSetup setup(strategy, schedule, seed++);
-      const CudaKernels<T> cuda{where};
-      const int64_t launches_before = emulation::launch_count();
-      const Grads<T> got = sktest::run_backward(
-          p, fw, grad_cost, [&](const SinkhornParams<T>& sp) { cuda.backward(sp); });
-      if (strategy == Strategy::kResident) {
-        SK_CHECK(emulation::launch_count() - launches_before == 1)
-            << emulation::launch_count() - launches_before << " launches (" << where << ")";
-      }
-      SK_CHECK(max_rel_diff(got.x, cpu.x) <= rtol)
-          << "grad x: " << max_rel_diff(got.x, cpu.x) << " (" << where << ")";
-      SK_CHECK(max_rel_diff(got.y, cpu.y) <= rtol)
-          << "grad y: " << max_rel_diff(got.y, cpu.y) << " (" << where << ")";
-      // Weight gradients are of the order of the cost (with m = 1, dW/dalpha is 0 up to
-      // rounding): relative to at least 1.
-      SK_CHECK(max_rel_diff(got.a, cpu.a, 1.0) <= rtol)
-          << "grad x_weights: " << max_rel_diff(got.a, cpu.a, 1.0) << " (" << where << ")";
-      SK_CHECK(max_rel_diff(got.b, cpu.b, 1.0) <= rtol)
-          << "grad y_weights: " << max_rel_diff(got.b, cpu.b, 1.0) << " (" << where << ")";
-    }
+    for_each_schedule(p.describe(), strategy, 7, strategy == Strategy::kResident ? 1 : -1,
+                      [&](const std::string& where) {
+      const Grads<T> got =
+          sktest::run_backward(p, fw, grad_cost, [&](const SinkhornParams<T>& sp) {
+            check_launches(sinkhorn::cuda::sinkhorn_backward(sp, cudaStream_t{}), where);
+          });
+      check_close("grad x", got.x, cpu.x, 0.0, rtol, where);
+      check_close("grad y", got.y, cpu.y, 0.0, rtol, where);
+      // Weight gradients relative to at least 1: they are of the order of the cost (and with
+      // m = 1, dW/dalpha is 0 up to rounding).
+      check_close("grad x_weights", got.a, cpu.a, 1.0, rtol, where);
+      check_close("grad y_weights", got.b, cpu.b, 1.0, rtol, where);
+    });
   }
 }
 
