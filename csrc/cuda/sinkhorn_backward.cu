@@ -86,20 +86,19 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
     const T grad_cost = p.grad_cost[b];
     const T* x = p.x + b * m * d;
     const T* y = p.y + b * n * d;
+    auto H = [&](int64_t i, int64_t j) {
+      return G[i * n + j] * cost_slope(C[i * stride + j], p.cost);
+    };
     for (int64_t e = threadIdx.x; e < m * d; e += blockDim.x) {
       const int64_t i = e / d, k = e - i * d;
       T sum = T(0);
-      for (int64_t j = 0; j < n; ++j) {
-        sum += G[i * n + j] * cost_slope(C[i * stride + j], p.cost) * (x[i * d + k] - y[j * d + k]);
-      }
+      for (int64_t j = 0; j < n; ++j) sum += H(i, j) * (x[i * d + k] - y[j * d + k]);
       p.grad_x[b * m * d + e] = grad_cost * sum;
     }
     for (int64_t e = threadIdx.x; e < n * d; e += blockDim.x) {
       const int64_t j = e / d, k = e - j * d;
       T sum = T(0);
-      for (int64_t i = 0; i < m; ++i) {
-        sum += G[i * n + j] * cost_slope(C[i * stride + j], p.cost) * (y[j * d + k] - x[i * d + k]);
-      }
+      for (int64_t i = 0; i < m; ++i) sum += H(i, j) * (y[j * d + k] - x[i * d + k]);
       p.grad_y[b * n * d + e] = grad_cost * sum;
     }
     for (int64_t i = threadIdx.x; i < m; i += blockDim.x) grad_alpha[i] *= grad_cost;
