@@ -30,17 +30,26 @@ void exp_affine(const double* v, double shift, double scale, int n, double* out)
 // out_r = sum_c M_rc v_c for the rows r < rows of M (rows, n), four rows at a time
 void matvec(const float* M, int rows, int n, const float* v, float* out);
 void matvec(const double* M, int rows, int n, const double* v, double* out);
+// out_r = sum_c A_rc B_rc v_c for the rows r < rows of A and B (rows, n), four at a time
+void matvec_product(const float* A, const float* B, int rows, int n, const float* v, float* out);
+void matvec_product(const double* A, const double* B, int rows, int n, const double* v,
+                    double* out);
+// acc_c += sum_r v_r M[r * stride + c] for c < width: the product of a block of columns of
+// M (rows, stride) with v, four rows at a time
+void matvec_transposed(const float* M, int rows, long stride, int width, const float* v,
+                       float* acc);
+void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
+                       double* acc);
+// acc_c += sum_r v_r A[r * stride + c] B[r * stride + c] for c < width, likewise
+void matvec_transposed_product(const float* A, const float* B, int rows, long stride, int width,
+                               const float* v, float* acc);
+void matvec_transposed_product(const double* A, const double* B, int rows, long stride,
+                               int width, const double* v, double* acc);
 // sum_c a_c b_c
 float dot(const float* a, const float* b, int n);
 double dot(const double* a, const double* b, int n);
-// sum_c a_c b_c e_c
-float dot3(const float* a, const float* b, const float* e, int n);
-double dot3(const double* a, const double* b, const double* e, int n);
 // acc_c += alpha v_c
 void add_scaled(float alpha, const float* v, int n, float* acc);
 void add_scaled(double alpha, const double* v, int n, double* acc);
-// acc_c += alpha a_c b_c
-void add_scaled_product(float alpha, const float* a, const float* b, int n, float* acc);
-void add_scaled_product(double alpha, const double* a, const double* b, int n, double* acc);
 
 }  // namespace sinkhorn::cpu

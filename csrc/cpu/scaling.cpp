@@ -7,7 +7,7 @@
 // strategy, with every exp((s_r + h_c - C_rc) / eps) written as exp(-C_rc / eps) times a
 // factor of the row and a factor of the column. Each reverse step is then a product with K or
 // K^T, and its contribution to dW/dC is K times a rank-one matrix; dW/dC is formed once at the
-// end as K (A B + terminal term), with A (m, 2L) and B (2L, n) the stacked factors.
+// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -22,33 +22,51 @@
 namespace sinkhorn::cpu {
 namespace {
 
-template <typename T>
-T max_of(const T* v, int64_t count) {
-  T shift = -std::numeric_limits<T>::infinity();
-  for (int64_t k = 0; k < count; ++k) shift = std::max(shift, v[k]);
-  return shift;
-}
-
 // Per batch: shift[b] = max_c h[b, c] and e[b, c] = exp((h[b, c] - shift[b]) / eps), in [0, 1].
 template <typename T>
 void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e) {
   for (int64_t b = 0; b < batch; ++b) {
-    shift[b] = max_of(h + b * count, count);
-    exp_affine(h + b * count, shift[b], T(1) / eps, static_cast<int>(count), e + b * count);
+    T s = -std::numeric_limits<T>::infinity();
+    for (int64_t k = 0; k < count; ++k) s = std::max(s, h[b * count + k]);
+    shift[b] = s;
+    exp_affine(h + b * count, s, T(1) / eps, static_cast<int>(count), e + b * count);
   }
 }
 
-// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols): the products with K^T, by blocks
-// of columns, each reading its stripe of every row.
+// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols) (with Q: sum_r M Q v), by blocks
+// of columns, each reading its stripe of every row; then finish(b, c) for each column.
 template <typename T, typename Finish>
-void column_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
-                     const Finish& finish) {
+void column_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows,
+                     int64_t cols, T* out, const Finish& finish) {
   for_each_column_block(batch, cols, rows, [&](int64_t b, int64_t c0, int64_t c1) {
     T* acc = out + b * cols + c0;
     const int width = static_cast<int>(c1 - c0);
     std::fill(acc, acc + width, T(0));
-    for (int64_t r = 0; r < rows; ++r) add_scaled(v[b * rows + r], M + (b * rows + r) * cols + c0, width, acc);
+    const int64_t offset = b * rows * cols + c0;
+    if (Q == nullptr) {
+      matvec_transposed(M + offset, static_cast<int>(rows), cols, width, v + b * rows, acc);
+    } else {
+      matvec_transposed_product(M + offset, Q + offset, static_cast<int>(rows), cols, width,
+                                v + b * rows, acc);
+    }
     for (int64_t c = c0; c < c1; ++c) finish(b, c);
+  });
+}
+
+// out[b, r] = sum_c M[b, r, c] v[b, c] (with Q: sum_c M Q v), then finish(b, r) for each row.
+template <typename T, typename Finish>
+void row_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows, int64_t cols,
+                  T* out, const Finish& finish) {
+  for_each_row_range(batch, rows, Q == nullptr ? cols : 2 * cols,
+                     [&](int64_t b, int64_t r0, int64_t r1) {
+    const int64_t offset = (b * rows + r0) * cols;
+    const int count = static_cast<int>(r1 - r0), n = static_cast<int>(cols);
+    if (Q == nullptr) {
+      matvec(M + offset, count, n, v + b * cols, out + b * rows + r0);
+    } else {
+      matvec_product(M + offset, Q + offset, count, n, v + b * cols, out + b * rows + r0);
+    }
+    for (int64_t r = r0; r < r1; ++r) finish(b, r);
   });
 }
 
@@ -60,12 +78,22 @@ void build_kernel_matrix(const T* C, int64_t batch, int64_t m, int64_t n, T eps,
   });
 }
 
+// eps log(w) for weights w (count,): -inf where w = 0.
+template <typename T>
+std::vector<T> eps_log(const T* w, int64_t count, T eps) {
+  std::vector<T> out(static_cast<std::size_t>(count));
+  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(w[k], T(0), eps);
+  return out;
+}
+
 }  // namespace
 
 template <typename T>
 void scaling_forward(const SinkhornParams<T>& p, const T* C) {
   const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
   const T eps = p.eps, inv_eps = T(1) / eps;
+  const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);  // eps log alpha
+  const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n), e_buffer(B * std::max(m, n));
   Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m);
   T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
@@ -76,30 +104,24 @@ void scaling_forward(const SinkhornParams<T>& p, const T* C) {
   for (int64_t l = 1; l <= L; ++l) {
     // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
     shifted_exp(g, B, n, eps, shift, e);
-    for_each_row_range(B, m, n, [&](int64_t b, int64_t i0, int64_t i1) {
-      matvec(K + (b * m + i0) * n, static_cast<int>(i1 - i0), static_cast<int>(n), e + b * n,
-             row + b * m + i0);
-      for (int64_t i = i0; i < i1; ++i) {
-        const T u = scaled_softmin(row[b * m + i], shift[b], eps);
-        p.u_history[(b * L + l - 1) * m + i] = u;
-        f[b * m + i] = with_log_weight(p.x_weights[b * m + i], u, eps);
-      }
+    row_products(K, static_cast<const T*>(nullptr), e, B, m, n, row, [&](int64_t b, int64_t i) {
+      const T u = scaled_softmin(row[b * m + i], shift[b], eps);
+      p.u_history[(b * L + l - 1) * m + i] = u;
+      f[b * m + i] = log_alpha[b * m + i] + u;
     });
     // g-update: v^l_j from the column j of K and f^l.
     shifted_exp(f, B, m, eps, shift, e);
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
       const T v = scaled_softmin(column[b * n + j], shift[b], eps);
       p.v_history[(b * L + l - 1) * n + j] = v;
-      g[b * n + j] = with_log_weight(p.y_weights[b * n + j], v, eps);
+      g[b * n + j] = log_beta[b * n + j] + v;
     });
   }
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
   // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
   shifted_exp(g, B, n, eps, shift, e);
-  for_each_row(B, m, n, [&](int64_t b, int64_t i) {
-    const int64_t bi = b * m + i;
-    row[bi] = fast_exp((f[bi] + shift[b]) * inv_eps) *
-              dot3(C + bi * n, K + bi * n, e + b * n, static_cast<int>(n));
+  row_products(C, K, e, B, m, n, row, [&](int64_t b, int64_t i) {
+    row[b * m + i] *= fast_exp((f[b * m + i] + shift[b]) * inv_eps);
   });
   for (int64_t b = 0; b < B; ++b) {
     T w = T(0);
@@ -112,13 +134,15 @@ template <typename T>
 void scaling_backward(const SinkhornParams<T>& p, const T* C) {
   const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters, R = 2 * L;
   const T eps = p.eps, inv_eps = T(1) / eps;
+  const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
+  const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n);
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * std::max(m, n)), shift_buffer(B);
-  Buffer<T> column_buffer(B * n), A_buffer(B * m * R), F_buffer(B * R * n);
+  Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
   Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
   T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get();
   T *phi = phi_buffer.get(), *psi = psi_buffer.get(), *e = e_buffer.get();
-  T *shift = shift_buffer.get(), *column = column_buffer.get();
+  T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
   // dW/dC = K * (sum_k A[:, k] F[k, :] + terminal_row terminal_column^T (1 - C / eps)).
   T *A = A_buffer.get(), *F = F_buffer.get();
   T *terminal_row = terminal_row_buffer.get(), *terminal_column = terminal_column_buffer.get();
@@ -127,10 +151,8 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
   auto v_at = [&](int64_t b, int64_t l) { return p.v_history + (b * L + l - 1) * n; };
   auto load_potentials = [&](int64_t l) {  // f^l, g^l
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < m; ++i)
-        f[b * m + i] = with_log_weight(p.x_weights[b * m + i], u_at(b, l)[i], eps);
-      for (int64_t j = 0; j < n; ++j)
-        g[b * n + j] = with_log_weight(p.y_weights[b * n + j], v_at(b, l)[j], eps);
+      for (int64_t i = 0; i < m; ++i) f[b * m + i] = log_alpha[b * m + i] + u_at(b, l)[i];
+      for (int64_t j = 0; j < n; ++j) g[b * n + j] = log_beta[b * n + j] + v_at(b, l)[j];
     }
   };
   load_potentials(L);
@@ -142,21 +164,14 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < m; ++i)
       terminal_row[b * m + i] = fast_exp((f[b * m + i] + shift[b]) * inv_eps);
-  for_each_column_block(B, n, 2 * m, [&](int64_t b, int64_t c0, int64_t c1) {
-    T* acc = column + b * n + c0;
-    const int width = static_cast<int>(c1 - c0);
-    std::fill(acc, acc + width, T(0));
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t row = (b * m + i) * n + c0;
-      add_scaled_product(terminal_row[b * m + i], C + row, K + row, width, acc);
-    }
-    for (int64_t j = c0; j < c1; ++j) {
-      // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
-      const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
-      psi[b * n + j] = expected_cost * inv_eps;
-      p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
-    }
+  column_products(C, K, terminal_row, B, m, n, column, [&](int64_t b, int64_t j) {
+    // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
+    const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
+    psi[b * n + j] = expected_cost * inv_eps;
+    p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
   });
+  // The terminal part of phi^L: sum_j C_ij K_ij terminal_column_j, per row.
+  row_products(C, K, terminal_column, B, m, n, row, [](int64_t, int64_t) {});
 
   for (int64_t l = L; l >= 1; --l) {
     const int64_t k = 2 * (L - l);  // the factors of this level: k (g-step), k + 1 (f-step)
@@ -165,31 +180,29 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     shifted_exp(g, B, n, eps, shift, e);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
-    for_each_row_range(B, m, l == L ? 3 * n : n, [&](int64_t b, int64_t i0, int64_t i1) {
-      matvec(K + (b * m + i0) * n, static_cast<int>(i1 - i0), static_cast<int>(n),
-             F + (b * R + k) * n, phi + b * m + i0);
-      for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t b = 0; b < B; ++b) {
+      row_products(K + b * m * n, static_cast<const T*>(nullptr), F + (b * R + k) * n, 1, m, n,
+                   phi + b * m, [&](int64_t, int64_t i) {
         const int64_t bi = b * m + i;
-        T sum = -phi[bi];
-        if (l == L) sum += dot3(C + bi * n, K + bi * n, e + b * n, static_cast<int>(n)) * inv_eps;
+        const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
         const T out = fast_exp((u_at(b, l)[i] + shift[b]) * inv_eps) * sum;
         phi[bi] = out;
         p.grad_x_weights[bi] += eps * out;
         A[bi * R + k] = fast_exp((f[bi] + shift[b]) * inv_eps);  // alpha_i exp((u_i + gamma) / eps)
-      }
-    });
+      });
+    }
     // Adjoint of the f-update, over the columns j: e_ji = exp((s_j + f_i - C_ij) / eps)
-    // = exp((s_j + phi_max) / eps) K_ij exp((f_i - phi_max) / eps), with s_j = v^{l-1}_j and
+    // = exp((s_j + max f) / eps) K_ij exp((f_i - max f) / eps), with s_j = v^{l-1}_j and
     // weight beta_j (s_j = 0 and weight 1 at l = 1, where the f-update read g^0 = 0).
     shifted_exp(f, B, m, eps, shift, e);
     for (int64_t bi = 0; bi < B * m; ++bi) {
       e[bi] *= phi[bi];
       A[bi * R + k + 1] = e[bi];
     }
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
       const int64_t bj = b * n + j;
       const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
-      const T previous_g = l > 1 ? with_log_weight(p.y_weights[bj], s, eps) : T(0);
+      const T previous_g = l > 1 ? log_beta[bj] + s : T(0);
       F[(b * R + k + 1) * n + j] = fast_exp((previous_g + shift[b]) * inv_eps);
       if (l > 1) {
         const T out = -fast_exp((s + shift[b]) * inv_eps) * column[bj];
@@ -210,8 +223,7 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     const T t_row = terminal_row[bi];
     for (int64_t j = 0; j < n; ++j)
       sum[j] = t_row * terminal_column[b * n + j] * (T(1) - C_row[j] * inv_eps);
-    for (int64_t q = 0; q < R; ++q)
-      add_scaled(A[bi * R + q], F + (b * R + q) * n, static_cast<int>(n), sum);
+    matvec_transposed(F + b * R * n, static_cast<int>(R), n, static_cast<int>(n), A + bi * R, sum);
     T* H_row = K + bi * n;
     for (int64_t j = 0; j < n; ++j) H_row[j] *= sum[j] * cost_slope(C_row[j], p.cost);
   });

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "core/softmin.h"
 #include "cpu/parallel.h"
@@ -18,12 +19,13 @@ bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
   build_cost_matrix(p.x, p.y, p.batch, p.m, p.n, p.d, p.cost, C);
   const int64_t size = p.batch * p.m * p.n;
   T max_cost = T(0);
-  bool has_nan = false;
+  int nans = 0;
+#pragma omp simd reduction(max : max_cost) reduction(+ : nans)
   for (int64_t k = 0; k < size; ++k) {
-    max_cost = std::max(max_cost, C[k]);
-    has_nan |= C[k] != C[k];
+    max_cost = C[k] > max_cost ? C[k] : max_cost;
+    nans += C[k] != C[k];
   }
-  return !has_nan && scaling_form_is_safe(max_cost / p.eps);
+  return nans == 0 && scaling_form_is_safe(max_cost / p.eps);
 }
 
 }  // namespace
@@ -51,38 +53,44 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 template <typename T>
 void finish_backward(const SinkhornParams<T>& p, const T* H) {
   const int64_t B = p.batch, m = p.m, n = p.n, d = p.d;
-  Buffer<T> yt_buffer(B * d * n);
-  T* yt = yt_buffer.get();  // y^T per batch, (d, n): the sums over j run along rows
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t k = 0; k < d; ++k) yt[(b * d + k) * n + j] = p.y[(b * n + j) * d + k];
+  // The clouds transposed per batch, (d, n) and (d, m), with a row of ones (the sums of H)
+  // in front: the sums over j and over i then run along rows.
+  Buffer<T> yt_buffer(B * (d + 1) * n), xt_buffer(B * (d + 1) * m);
+  T *yt = yt_buffer.get(), *xt = xt_buffer.get();
+  auto transpose_with_ones = [&](const T* cloud, int64_t count, T* out) {
+    for (int64_t b = 0; b < B; ++b) {
+      T* block = out + b * (d + 1) * count;
+      std::fill(block, block + count, T(1));
+      for (int64_t r = 0; r < count; ++r)
+        for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = cloud[(b * count + r) * d + k];
+    }
+  };
+  transpose_with_ones(p.y, n, yt);
+  transpose_with_ones(p.x, m, xt);
+  // dW/dx_i = grad_cost (x_i sum_j H_ij - sum_j H_ij y_j).
   for_each_row(B, m, (d + 1) * n, [&](int64_t b, int64_t i) {
     const int64_t bi = b * m + i;
-    const T* H_row = H + bi * n;
-    T h_sum = T(0);
-    for (int64_t j = 0; j < n; ++j) h_sum += H_row[j];
-    for (int64_t k = 0; k < d; ++k) {
-      const T hy = dot(H_row, yt + (b * d + k) * n, static_cast<int>(n));
-      p.grad_x[bi * d + k] = p.grad_cost[b] * (p.x[bi * d + k] * h_sum - hy);
-    }
+    thread_local std::vector<T> sums;  // sum_j H_ij, then sum_j H_ij y_jk
+    sums.resize(static_cast<std::size_t>(d + 1));
+    matvec(yt + b * (d + 1) * n, static_cast<int>(d + 1), static_cast<int>(n), H + bi * n,
+           sums.data());
+    for (int64_t k = 0; k < d; ++k)
+      p.grad_x[bi * d + k] = p.grad_cost[b] * (p.x[bi * d + k] * sums[0] - sums[k + 1]);
     p.grad_x_weights[bi] *= p.grad_cost[b];
   });
+  // dW/dy_j = grad_cost (y_j sum_i H_ij - sum_i H_ij x_i), by blocks of columns.
   for_each_column_block(B, n, (d + 1) * m, [&](int64_t b, int64_t c0, int64_t c1) {
     const int width = static_cast<int>(c1 - c0);
-    Buffer<T> acc_buffer((d + 1) * width);
-    T* h_sum = acc_buffer.get();  // h_sum[c], then hx[k][c] = sum_i H_ic x_ik
-    std::fill(h_sum, h_sum + (d + 1) * width, T(0));
-    for (int64_t i = 0; i < m; ++i) {
-      const T* H_row = H + (b * m + i) * n + c0;
-      add_scaled(T(1), H_row, width, h_sum);
-      for (int64_t k = 0; k < d; ++k)
-        add_scaled(p.x[(b * m + i) * d + k], H_row, width, h_sum + (k + 1) * width);
-    }
+    thread_local std::vector<T> sums;  // (d + 1, width)
+    sums.assign(static_cast<std::size_t>((d + 1) * width), T(0));
+    for (int64_t k = 0; k <= d; ++k)
+      matvec_transposed(H + b * m * n + c0, static_cast<int>(m), n, width,
+                        xt + (b * (d + 1) + k) * m, sums.data() + k * width);
     for (int64_t j = c0; j < c1; ++j) {
       const int64_t bj = b * n + j;
       for (int64_t k = 0; k < d; ++k)
         p.grad_y[bj * d + k] =
-            p.grad_cost[b] * (p.y[bj * d + k] * h_sum[j - c0] - h_sum[(k + 1) * width + j - c0]);
+            p.grad_cost[b] * (p.y[bj * d + k] * sums[j - c0] - sums[(k + 1) * width + j - c0]);
       p.grad_y_weights[bj] *= p.grad_cost[b];
     }
   });
