@@ -68,7 +68,8 @@ def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost):
 
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_loss_backward")
 def _sinkhorn_loss_backward_fake(
-    grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, eps, cost
+    grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, output_mask, eps,
+    cost
 ):
     return _sinkhorn_cost_backward_fake(grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
                                         eps, cost)
@@ -89,8 +90,9 @@ def _cost_backward(ctx, grad_cost, *_grad_histories):
 
 
 def _loss_backward(ctx, grad_loss, *_grad_histories):
-    grads = ops.sinkhorn_loss_backward(grad_loss.contiguous(), *ctx.saved_tensors, ctx.eps,
-                                       ctx.cost)
+    # The self-term of a cloud whose gradients nobody asked for is not replayed.
+    grads = ops.sinkhorn_loss_backward(grad_loss.contiguous(), *ctx.saved_tensors,
+                                       list(ctx.needs_input_grad[:4]), ctx.eps, ctx.cost)
     return (*grads, None, None, None)
 
 

@@ -9,8 +9,6 @@
 #include <cstdint>
 #include <memory>
 
-#include "core/cost.h"
-#include "cpu/rows.h"
 
 namespace sinkhorn::cpu {
 
@@ -77,20 +75,5 @@ class Buffer {
  private:
   std::unique_ptr<T[]> data_;
 };
-
-// M[b, r, c] = c(a_r, b_c) for clouds a (B, rows, d) and b (B, cols, d).
-template <typename T>
-void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int64_t cols,
-                       int64_t d, Cost cost, T* M) {
-  Buffer<T> bt_buffer(batch * d * cols);
-  T* bt = bt_buffer.get();  // b^T per batch, (d, cols): the row kernel runs along columns
-  for (int64_t bi = 0; bi < batch; ++bi)
-    for (int64_t c = 0; c < cols; ++c)
-      for (int64_t k = 0; k < d; ++k) bt[(bi * d + k) * cols + c] = b[(bi * cols + c) * d + k];
-  for_each_row(batch, rows, cols * d, [&](int64_t bi, int64_t r) {
-    cost_row(a + (bi * rows + r) * d, bt + bi * d * cols, static_cast<int>(d),
-             static_cast<int>(cols), cost, M + (bi * rows + r) * cols);
-  });
-}
 
 }  // namespace sinkhorn::cpu

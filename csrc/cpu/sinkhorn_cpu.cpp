@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/softmin.h"
+#include "cpu/cost_matrix.h"
 #include "cpu/parallel.h"
 #include "cpu/rows.h"
 #include "cpu/strategies.h"
@@ -52,48 +53,14 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 
 template <typename T>
 void finish_backward(const SinkhornParams<T>& p, const T* H) {
-  const int64_t B = p.batch, m = p.m, n = p.n, d = p.d;
-  // The clouds transposed per batch, (d, n) and (d, m), with a row of ones (the sums of H)
-  // in front: the sums over j and over i then run along rows.
-  Buffer<T> yt_buffer(B * (d + 1) * n), xt_buffer(B * (d + 1) * m);
-  T *yt = yt_buffer.get(), *xt = xt_buffer.get();
-  auto transpose_with_ones = [&](const T* cloud, int64_t count, T* out) {
-    for (int64_t b = 0; b < B; ++b) {
-      T* block = out + b * (d + 1) * count;
-      std::fill(block, block + count, T(1));
-      for (int64_t r = 0; r < count; ++r)
-        for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = cloud[(b * count + r) * d + k];
-    }
-  };
-  transpose_with_ones(p.y, n, yt);
-  transpose_with_ones(p.x, m, xt);
-  // dW/dx_i = grad_cost (x_i sum_j H_ij - sum_j H_ij y_j).
-  for_each_row(B, m, (d + 1) * n, [&](int64_t b, int64_t i) {
-    const int64_t bi = b * m + i;
-    thread_local std::vector<T> sums;  // sum_j H_ij, then sum_j H_ij y_jk
-    sums.resize(static_cast<std::size_t>(d + 1));
-    matvec(yt + b * (d + 1) * n, static_cast<int>(d + 1), static_cast<int>(n), H + bi * n,
-           sums.data());
-    for (int64_t k = 0; k < d; ++k)
-      p.grad_x[bi * d + k] = p.grad_cost[b] * (p.x[bi * d + k] * sums[0] - sums[k + 1]);
-    p.grad_x_weights[bi] *= p.grad_cost[b];
-  });
-  // dW/dy_j = grad_cost (y_j sum_i H_ij - sum_i H_ij x_i), by blocks of columns.
-  for_each_column_block(B, n, (d + 1) * m, [&](int64_t b, int64_t c0, int64_t c1) {
-    const int width = static_cast<int>(c1 - c0);
-    thread_local std::vector<T> sums;  // (d + 1, width)
-    sums.assign(static_cast<std::size_t>((d + 1) * width), T(0));
-    for (int64_t k = 0; k <= d; ++k)
-      matvec_transposed(H + b * m * n + c0, static_cast<int>(m), n, width,
-                        xt + (b * (d + 1) + k) * m, sums.data() + k * width);
-    for (int64_t j = c0; j < c1; ++j) {
-      const int64_t bj = b * n + j;
-      for (int64_t k = 0; k < d; ++k)
-        p.grad_y[bj * d + k] =
-            p.grad_cost[b] * (p.y[bj * d + k] * sums[j - c0] - sums[(k + 1) * width + j - c0]);
-      p.grad_y_weights[bj] *= p.grad_cost[b];
-    }
-  });
+  contract_with_clouds(H, p.x, p.y, p.batch, p.m, p.n, p.d, p.grad_x, p.grad_y);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const T g = p.grad_cost[b];
+    for (int64_t k = b * p.m * p.d; k < (b + 1) * p.m * p.d; ++k) p.grad_x[k] *= g;
+    for (int64_t k = b * p.n * p.d; k < (b + 1) * p.n * p.d; ++k) p.grad_y[k] *= g;
+    for (int64_t i = b * p.m; i < (b + 1) * p.m; ++i) p.grad_x_weights[i] *= g;
+    for (int64_t j = b * p.n; j < (b + 1) * p.n; ++j) p.grad_y_weights[j] *= g;
+  }
 }
 
 template void sinkhorn_forward<float>(const SinkhornParams<float>&);

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -323,7 +324,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
-    const at::Tensor& u_yy, const at::Tensor& v_yy, double eps, std::string_view cost_name) {
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    std::string_view cost_name) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
   const int64_t m = x.size(1), n = y.size(1);
@@ -331,19 +333,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
   TORCH_CHECK_VALUE(check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m) == iters &&
                         check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n) == iters,
                     "the histories of the three problems must have the same number of iterations L");
-  std::vector<Problem> problems = loss_problems(x, y, x_weights, y_weights);
+  const std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
   const at::Tensor* histories[] = {&u_xy, &v_xy, &u_xx, &v_xx, &u_yy, &v_yy};
+  const at::Tensor grad = grad_loss.contiguous();
+  const at::Tensor grad_costs[] = {2 * grad, -grad, -grad};
+  // W(x, x) only matters for the gradients of x and its weights, W(y, y) for those of y.
+  const bool wanted[] = {true, output_mask[0] || output_mask[2], output_mask[1] || output_mask[3]};
+  std::vector<Problem> problems;
+  std::vector<at::Tensor> problem_grads;
+  std::vector<int> which;
   for (int k = 0; k < 3; ++k) {
-    problems[k].u_history = histories[2 * k]->contiguous();
-    problems[k].v_history = histories[2 * k + 1]->contiguous();
+    if (!wanted[k]) continue;
+    problems.push_back(all[k]);
+    problems.back().u_history = histories[2 * k]->contiguous();
+    problems.back().v_history = histories[2 * k + 1]->contiguous();
+    problem_grads.push_back(grad_costs[k]);
+    which.push_back(k);
   }
-  const at::Tensor grad = grad_loss.contiguous(), minus_grad = -grad;
-  const std::vector<Gradients> g =
-      run_backward(kernels, problems, {2 * grad, minus_grad, minus_grad}, eps, iters, cost);
-  // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments.
-  return {g[0].x + g[1].x + g[1].y, g[0].y + g[2].x + g[2].y,
-          g[0].x_weights + g[1].x_weights + g[1].y_weights,
-          g[0].y_weights + g[2].x_weights + g[2].y_weights};
+  const std::vector<Gradients> g = run_backward(kernels, problems, problem_grads, eps, iters, cost);
+  Gradients total = g[0];  // W(x, y)
+  for (std::size_t k = 1; k < g.size(); ++k) {
+    // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments.
+    at::Tensor& cloud = which[k] == 1 ? total.x : total.y;
+    at::Tensor& weights = which[k] == 1 ? total.x_weights : total.y_weights;
+    cloud = cloud + g[k].x + g[k].y;
+    weights = weights + g[k].x_weights + g[k].y_weights;
+  }
+  // Those not asked for lack their self-term: they are returned as zeros.
+  std::array<at::Tensor*, 4> outputs = {&total.x, &total.y, &total.x_weights, &total.y_weights};
+  for (int k = 0; k < 4; ++k)
+    if (!output_mask[k]) *outputs[k] = at::zeros_like(*outputs[k]);
+  return {total.x, total.y, total.x_weights, total.y_weights};
 }
 
 }  // namespace sinkhorn::ops
@@ -362,5 +382,5 @@ TORCH_LIBRARY(sinkhorn_ext, m) {
   m.def(
       "sinkhorn_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor x_weights, "
       "Tensor y_weights, Tensor u_xy, Tensor v_xy, Tensor u_xx, Tensor v_xx, Tensor u_yy, "
-      "Tensor v_yy, float eps, str cost) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor v_yy, bool[4] output_mask, float eps, str cost) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -62,10 +63,12 @@ LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at:
                           int64_t iters, std::string_view cost);
 
 // sinkhorn_ext::sinkhorn_loss_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
+// output_mask says which are wanted: W(x, x) is replayed only for x's, W(y, y) only for y's.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward(
     const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
-    const at::Tensor& u_yy, const at::Tensor& v_yy, double eps, std::string_view cost);
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    std::string_view cost);
 
 }  // namespace sinkhorn::ops

@@ -38,9 +38,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
-    const at::Tensor& u_yy, const at::Tensor& v_yy, double eps, c10::string_view cost) {
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    c10::string_view cost) {
   return sinkhorn_loss_backward(kCpuKernels, grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
-                                u_xx, v_xx, u_yy, v_yy, eps, view(cost));
+                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost));
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 
 #include "core/params.h"
 #include "core/softmin.h"
-#include "cpu/parallel.h"
+#include "cpu/cost_matrix.h"
 #include "cpu/sinkhorn_cpu.h"
 #include "cpu/strategies.h"
 #include "tests/harness.h"
