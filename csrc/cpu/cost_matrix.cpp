@@ -1,11 +1,9 @@
 #include "cpu/cost_matrix.h"
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
+#include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "cpu/rows.h"
 
@@ -16,13 +14,6 @@ namespace {
 // against the norms; below this fraction of |a_r|^2 + |b_c|^2 the distance is recomputed
 // directly (so coincident points get exactly 0, which the euclidean gradient relies on).
 constexpr double kRecomputeBelow = 1.0 / 32;
-
-// A (rows, cols) matrix view of plain memory, for ATen's matrix products.
-template <typename T>
-at::Tensor matrix(const T* data, int64_t rows, int64_t cols) {
-  constexpr auto dtype = std::is_same_v<T, float> ? at::kFloat : at::kDouble;
-  return at::from_blob(const_cast<T*>(data), {rows, cols}, at::TensorOptions().dtype(dtype));
-}
 
 // The cloud transposed per batch, (d + 1, count), with a row of ones in front: sums over the
 // points then run along rows, and the first gives the plain sum.

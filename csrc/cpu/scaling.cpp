@@ -15,6 +15,7 @@
 
 #include "core/cost.h"
 #include "core/softmin.h"
+#include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "cpu/rows.h"
 #include "cpu/strategies.h"
@@ -213,19 +214,21 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     if (l > 1) load_potentials(l - 1);
   }
 
-  // H = dW/dC * k(C), written over K row by row.
-  for_each_row(B, m, (R + 4) * n, [&](int64_t b, int64_t i) {
+  // H = dW/dC * k(C), written over K: the rank-2L part A F from BLAS, then row by row.
+  Buffer<T> rank_buffer(B * m * n);
+  T* rank = rank_buffer.get();
+  for (int64_t b = 0; b < B; ++b) matmul(A + b * m * R, F + b * R * n, m, R, n, rank + b * m * n);
+  for_each_row(B, m, 4 * n, [&](int64_t b, int64_t i) {
     const int64_t bi = b * m + i;
     const T* C_row = C + bi * n;
-    thread_local std::vector<T> sum_buffer;
-    sum_buffer.resize(static_cast<std::size_t>(n));
-    T* sum = sum_buffer.data();
+    const T* rank_row = rank + bi * n;
+    const T* column = terminal_column + b * n;
     const T t_row = terminal_row[bi];
-    for (int64_t j = 0; j < n; ++j)
-      sum[j] = t_row * terminal_column[b * n + j] * (T(1) - C_row[j] * inv_eps);
-    matvec_transposed(F + b * R * n, static_cast<int>(R), n, static_cast<int>(n), A + bi * R, sum);
     T* H_row = K + bi * n;
-    for (int64_t j = 0; j < n; ++j) H_row[j] *= sum[j] * cost_slope(C_row[j], p.cost);
+    for (int64_t j = 0; j < n; ++j) {
+      const T dW_dC = H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
+      H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+    }
   });
   finish_backward(p, K);
 }
