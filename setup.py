@@ -39,8 +39,11 @@ def _sources(pattern):
 def extensions():
     use_cuda = _use_cuda()
     sources = _sources("csrc/cpu/*.cpp") + _sources("csrc/ops/*.cpp")
-    # -fno-trapping-math lets the compiler if-convert (and so vectorise) the selects in fast_exp.
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-Wall", "-Wextra"]
+    # -fno-trapping-math lets the compiler if-convert (and so vectorise) the selects in fast_exp;
+    # -fno-wrapv undoes Python's -fwrapv, under which index arithmetic in the row kernels
+    # may wrap and their loops turn into gathers.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-wrapv", "-Wall",
+           "-Wextra"]
     extra = {"cxx": cxx}
     if use_cuda:
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/ops/cuda/*.cpp")

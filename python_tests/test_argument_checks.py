@@ -127,6 +127,14 @@ def test_direct_op_call_checks_its_contract():
     _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.1, 5, "sqeuclidean")
     with pytest.raises(ValueError, match=r"v_history must have shape \(B, L, n\) = \(1, 5, 4\)"):
         ops.sinkhorn_cost_backward(torch.ones(1), x, y, a, b, u, v[:, :4], 0.1, "sqeuclidean")
+    _, *histories = ops.sinkhorn_loss(x, y, a, b, 0.1, 5, "sqeuclidean")
+    histories[3] = histories[3][:, :, :4]  # v_xx
+    with pytest.raises(ValueError, match=r"v_xx must have shape \(B, L, n\) = \(1, 5, 5\)"):
+        ops.sinkhorn_loss_backward(torch.ones(1), x, y, a, b, *histories, [True] * 4, 0.1,
+                                   "sqeuclidean")
+    with pytest.raises(ValueError, match=r"grad_loss must have shape \(B,\) = \(1,\)"):
+        ops.sinkhorn_loss_backward(torch.ones(2), x, y, a, b, *histories, [True] * 4, 0.1,
+                                   "sqeuclidean")
 
 
 def test_import_without_the_extension_says_how_to_build_it():

@@ -34,6 +34,58 @@ def test_opcheck_backward_op(contiguous):
                           (torch.ones(2, dtype=x.dtype), x, y, a, b, u, v, 0.5, "sqeuclidean"))
 
 
+@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_loss_op(cost, requires_grad):
+    x, y, a, b = random_problem(6, 5, 2, batch=2)
+    args = [t.requires_grad_(requires_grad) for t in (x, y, a, b)]
+    torch.library.opcheck(ops.sinkhorn_loss.default, (*args, 0.5, 4, cost))
+
+
+@pytest.mark.parametrize("mask", [[True] * 4, [True, False, True, False],
+                                  [False, True, False, False]])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_opcheck_loss_backward_op(contiguous, mask):
+    x, y, a, b = random_problem(6, 5, 2, batch=2)
+    if not contiguous:
+        x, b = _non_contiguous(x), _non_contiguous(b)
+    _, *histories = ops.sinkhorn_loss(x, y, a, b, 0.5, 4, "sqeuclidean")
+    torch.library.opcheck(ops.sinkhorn_loss_backward.default,
+                          (torch.ones(2, dtype=x.dtype), x, y, a, b, *histories, mask, 0.5,
+                           "sqeuclidean"))
+
+
+def test_loss_op_equals_its_three_cost_terms():
+    x, y, a, b = random_problem(7, 5, 3, batch=2)
+    x.requires_grad_()
+    kw = (0.5, 6, "euclidean")
+    fused = ops.sinkhorn_loss(x, y, a, b, *kw)[0]
+    terms = (2 * ops.sinkhorn_cost(x, y, a, b, *kw)[0] - ops.sinkhorn_cost(x, x, a, a, *kw)[0]
+             - ops.sinkhorn_cost(y, y, b, b, *kw)[0])
+    torch.testing.assert_close(fused, terms, rtol=1e-14, atol=1e-15)
+    grad_fused, = torch.autograd.grad(fused.sum(), x)
+    grad_terms, = torch.autograd.grad(terms.sum(), x)
+    torch.testing.assert_close(grad_fused, grad_terms, rtol=1e-13, atol=1e-15)
+
+
+def test_loss_gradient_of_x_alone_equals_that_of_the_full_backward():
+    # With only x asking, W(y, y) is not replayed; what x gets must not change.
+    x, y, a, b = random_problem(9, 7, 2)
+    kw = dict(eps=0.4, iters=5, x_weights=a, y_weights=b)
+    x_alone = x.clone().requires_grad_()
+    (grad_alone,) = torch.autograd.grad(sk.sinkhorn_loss(x_alone, y, **kw), x_alone)
+    leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
+    full = sk.sinkhorn_loss(leaves[0], leaves[1], eps=0.4, iters=5, x_weights=leaves[2],
+                            y_weights=leaves[3])
+    grads = torch.autograd.grad(full, leaves)
+    torch.testing.assert_close(grad_alone, grads[0], rtol=0, atol=0)
+    _, *histories = ops.sinkhorn_loss(x[None], y[None], a[None], b[None], 0.4, 5, "sqeuclidean")
+    masked = ops.sinkhorn_loss_backward(torch.ones(1, dtype=x.dtype), x[None], y[None], a[None],
+                                        b[None], *histories, [True, False, True, False], 0.4,
+                                        "sqeuclidean")
+    assert not masked[1].any() and not masked[3].any()
+
+
 def test_opcheck_forward_op_non_contiguous():
     x, y, a, b = random_problem(6, 5, 3, batch=2)
     args = [_non_contiguous(t).requires_grad_() for t in (x, y, a, b)]

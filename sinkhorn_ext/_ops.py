@@ -57,26 +57,43 @@ def _sinkhorn_cost_backward_fake(
     )
 
 
+@torch.library.register_fake("sinkhorn_ext::sinkhorn_loss")
+def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost):
+    torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
+    torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
+    batch, m, n = x.shape[0], x.shape[1], y.shape[1]
+    histories = [x.new_empty(batch, iters, rows) for rows in (m, n, m, m, n, n)]
+    return (x.new_empty(batch), *histories)
+
+
+@torch.library.register_fake("sinkhorn_ext::sinkhorn_loss_backward")
+def _sinkhorn_loss_backward_fake(
+    grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, output_mask, eps,
+    cost
+):
+    return _sinkhorn_cost_backward_fake(grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
+                                        eps, cost)
+
+
 def _setup_context(ctx, inputs, output):
     x, y, x_weights, y_weights, eps, _iters, cost = inputs
-    _, u_history, v_history = output
-    ctx.mark_non_differentiable(u_history, v_history)
-    ctx.save_for_backward(x, y, x_weights, y_weights, u_history, v_history)
+    histories = output[1:]
+    ctx.mark_non_differentiable(*histories)
+    ctx.save_for_backward(x, y, x_weights, y_weights, *histories)
     ctx.eps, ctx.cost = eps, cost
 
 
-def _backward(ctx, grad_cost, _grad_u, _grad_v):
-    x, y, x_weights, y_weights, u_history, v_history = ctx.saved_tensors
-    grads = ops.sinkhorn_cost_backward(
-        grad_cost.contiguous(), x, y, x_weights, y_weights, u_history, v_history,
-        ctx.eps, ctx.cost,
-    )
+def _cost_backward(ctx, grad_cost, *_grad_histories):
+    grads = ops.sinkhorn_cost_backward(grad_cost.contiguous(), *ctx.saved_tensors, ctx.eps,
+                                       ctx.cost)
     return (*grads, None, None, None)
 
 
-torch.library.register_autograd(
-    "sinkhorn_ext::sinkhorn_cost", _backward, setup_context=_setup_context
-)
+def _loss_backward(ctx, grad_loss, *_grad_histories):
+    # The self-term of a cloud whose gradients nobody asked for is not replayed.
+    grads = ops.sinkhorn_loss_backward(grad_loss.contiguous(), *ctx.saved_tensors,
+                                       list(ctx.needs_input_grad[:4]), ctx.eps, ctx.cost)
+    return (*grads, None, None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -86,9 +103,13 @@ def _no_double_backward(ctx, *grads):
     )
 
 
-# Without a formula, autograd would treat the gradient as a constant and return second
-# derivatives that are silently wrong; this makes asking for them an error.
-torch.library.register_autograd(
-    "sinkhorn_ext::sinkhorn_cost_backward", _no_double_backward,
-    setup_context=lambda ctx, inputs, output: None,
-)
+for _op, _backward in (("sinkhorn_cost", _cost_backward), ("sinkhorn_loss", _loss_backward)):
+    torch.library.register_autograd(
+        f"sinkhorn_ext::{_op}", _backward, setup_context=_setup_context
+    )
+    # Without a formula, autograd would treat the gradient as a constant and return second
+    # derivatives that are silently wrong; this makes asking for them an error.
+    torch.library.register_autograd(
+        f"sinkhorn_ext::{_op}_backward", _no_double_backward,
+        setup_context=lambda ctx, inputs, output: None,
+    )

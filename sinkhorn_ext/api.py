@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import check_backend, check_options, debiased, prepare
+from sinkhorn_ext._inputs import check_backend, check_options, prepare
 from sinkhorn_ext._ops import check_device, ops
 
 DEFAULT_EPS = 0.1
@@ -70,4 +70,10 @@ def sinkhorn_loss(
     """
     check_options(eps, iters, cost)
     check_backend(backend)
-    return debiased(_cost, prepare(x, y, x_weights, y_weights), eps, iters, cost)
+    inputs = prepare(x, y, x_weights, y_weights)
+    check_device(inputs.x.device)
+    # One op for the three terms: one call, one saved context, and on the CPU the three
+    # problems run at once when they are small.
+    loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights,
+                             float(eps), iters, cost)[0]
+    return inputs.finish(loss)

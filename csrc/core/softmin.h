@@ -86,6 +86,29 @@ SK_HOST_DEVICE SK_INLINE T softmin_adjoint_row(const T* __restrict__ row, const 
   return out;
 }
 
+// The scaling form of the same softmin, for kernels that hold K = exp(-M / eps): with
+// gamma = max_c h_c and e_c = exp((h_c - gamma) / eps) in [0, 1],
+//   softmin_r(h) = -gamma - eps log(sum_c K_rc e_c).
+template <typename T>
+SK_HOST_DEVICE SK_INLINE T scaled_softmin(T sum, T shift, T eps) {
+  return -shift - eps * std::log(sum);
+}
+
+// Whether the scaling form gives the log-domain results to rounding, given max M / eps.
+// With max M / eps <= R:
+// - Forward: the term c = argmax h is at least exp(-R), so every row sum is >= exp(-R), a
+//   normal number; terms lost to underflow are below exp(-87) (float), a relative 1e-16 or
+//   less of the sum.
+// - Backward: the factors exp((f_i + gamma) / eps) and exp((g_j + max f) / eps) of the
+//   plans are at most exp(R); those of the scaled adjoints at most exp(2R + log(mn)) (the
+//   maximum of a potential moves by at most max M + eps log(mn) per half-step), which
+//   stays finite for R = 30 in float and R = 300 in double up to m n = 10^12.
+template <typename T>
+SK_HOST_DEVICE SK_INLINE bool scaling_form_is_safe(T max_cost_over_eps) {
+  constexpr T kMaxRatio = sizeof(T) == sizeof(float) ? T(30) : T(300);
+  return max_cost_over_eps <= kMaxRatio;
+}
+
 // softmin_row accumulated one term at a time with a running maximum (the online log-sum-exp
 // of FlashAttention and KeOps), for kernels that stream a row in pieces and cannot read it
 // twice. Terms with h = -inf (zero weight) are skipped; a NaN term makes the result NaN.

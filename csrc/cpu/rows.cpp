@@ -1,5 +1,8 @@
 #include "cpu/rows.h"
 
+#include <cmath>
+
+#include "core/exp.h"
 #include "core/softmin.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -9,8 +12,142 @@
 #endif
 
 namespace sinkhorn::cpu {
+namespace {
+
+// sum_c a_c (e_c) b_c with kLanes independent partial sums, so that the loop is bound by
+// throughput rather than by the latency of one accumulator; fixed order, so deterministic.
+constexpr int kLanes = 32;
+
+template <typename T, bool WithE>
+SK_INLINE T lane_dot(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ e,
+                     int n) {
+  T partial[kLanes] = {};
+  int c0 = 0;
+  for (; c0 + kLanes <= n; c0 += kLanes) {
+    const T* __restrict__ ac = a + c0;
+    const T* __restrict__ bc = b + c0;
+    const T* __restrict__ ec = WithE ? e + c0 : nullptr;
+#pragma omp simd
+    for (int c = 0; c < kLanes; ++c) partial[c] += WithE ? ac[c] * ec[c] * bc[c] : ac[c] * bc[c];
+  }
+  const T* __restrict__ ac = a + c0;
+  const T* __restrict__ bc = b + c0;
+  const T* __restrict__ ec = WithE ? e + c0 : nullptr;
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < n - c0; ++c) sum += WithE ? ac[c] * ec[c] * bc[c] : ac[c] * bc[c];
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < kLanes; ++c) sum += partial[c];
+  return sum;
+}
+
+// Four rows share each load of v, and their four sums hide each other's latency. With
+// Product, each row is the elementwise product of a row of M and one of P. (Every loop
+// indexes row pointers by its counter alone: the extension is compiled with Python's
+// -fwrapv, under which the compiler cannot prove offset + c contiguous and emits gathers.)
+template <typename T, bool Product>
+SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int rows, int n,
+                           const T* __restrict__ v, T* __restrict__ out) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const long o = static_cast<long>(r) * n;
+    const T* __restrict__ m0 = M + o;
+    const T* __restrict__ m1 = m0 + n;
+    const T* __restrict__ m2 = m1 + n;
+    const T* __restrict__ m3 = m2 + n;
+    const T* __restrict__ p0 = Product ? P + o : nullptr;
+    const T* __restrict__ p1 = Product ? p0 + n : nullptr;
+    const T* __restrict__ p2 = Product ? p1 + n : nullptr;
+    const T* __restrict__ p3 = Product ? p2 + n : nullptr;
+    T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int c = 0; c < n; ++c) {
+      const T vc = v[c];
+      if (Product) {
+        s0 += m0[c] * p0[c] * vc;
+        s1 += m1[c] * p1[c] * vc;
+        s2 += m2[c] * p2[c] * vc;
+        s3 += m3[c] * p3[c] * vc;
+      } else {
+        s0 += m0[c] * vc;
+        s1 += m1[c] * vc;
+        s2 += m2[c] * vc;
+        s3 += m3[c] * vc;
+      }
+    }
+    out[r] = s0;
+    out[r + 1] = s1;
+    out[r + 2] = s2;
+    out[r + 3] = s3;
+  }
+  for (; r < rows; ++r) {
+    const long o = static_cast<long>(r) * n;
+    out[r] = lane_dot<T, Product>(M + o, v, Product ? P + o : nullptr, n);
+  }
+}
+
+template <typename T, bool Product>
+SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, const T* __restrict__ P, int rows,
+                                      long stride, int width, const T* __restrict__ v,
+                                      T* __restrict__ acc) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const T* __restrict__ m0 = M + r * stride;
+    const T* __restrict__ m1 = m0 + stride;
+    const T* __restrict__ m2 = m1 + stride;
+    const T* __restrict__ m3 = m2 + stride;
+    const T v0 = v[r], v1 = v[r + 1], v2 = v[r + 2], v3 = v[r + 3];
+    if (Product) {
+      const T* __restrict__ p0 = P + r * stride;
+      const T* __restrict__ p1 = p0 + stride;
+      const T* __restrict__ p2 = p1 + stride;
+      const T* __restrict__ p3 = p2 + stride;
+#pragma omp simd
+      for (int c = 0; c < width; ++c)
+        acc[c] += v0 * (m0[c] * p0[c]) + v1 * (m1[c] * p1[c]) + v2 * (m2[c] * p2[c]) +
+                  v3 * (m3[c] * p3[c]);
+    } else {
+#pragma omp simd
+      for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c] + v1 * m1[c] + v2 * m2[c] + v3 * m3[c];
+    }
+  }
+  for (; r < rows; ++r) {
+    const T* __restrict__ m0 = M + r * stride;
+    const T* __restrict__ p0 = Product ? P + r * stride : nullptr;
+    const T v0 = v[r];
+#pragma omp simd
+    for (int c = 0; c < width; ++c) acc[c] += v0 * (Product ? m0[c] * p0[c] : m0[c]);
+  }
+}
+
+// The squared distances accumulate over k in order, as squared_distance does.
+template <typename T>
+SK_INLINE void cost_row_impl(const T* __restrict__ a, const T* __restrict__ bt, int d, int n,
+                             Cost cost, T* __restrict__ out) {
+#pragma omp simd
+  for (int c = 0; c < n; ++c) out[c] = T(0);
+  for (int k = 0; k < d; ++k) {
+    const T ak = a[k];
+    const T* __restrict__ bk = bt + static_cast<long>(k) * n;
+#pragma omp simd
+    for (int c = 0; c < n; ++c) {
+      const T diff = ak - bk[c];
+      out[c] += diff * diff;
+    }
+  }
+  if (cost == Cost::kEuclidean) {
+#pragma omp simd
+    for (int c = 0; c < n; ++c) out[c] = std::sqrt(out[c]);
+  }
+}
+
+}  // namespace
 
 #define SK_DEFINE_ROWS(T)                                                                    \
+  SK_CPU_CLONES void cost_row(const T* __restrict__ a, const T* __restrict__ bt, int d, int n, \
+                              Cost cost, T* __restrict__ out) {                              \
+    cost_row_impl(a, bt, d, n, cost, out);                                                   \
+  }                                                                                          \
   SK_CPU_CLONES T softmin_row(const T* row, const T* h, int n, T eps) {                     \
     return sinkhorn::softmin_row<T, false>(row, h, n, eps, nullptr);                         \
   }                                                                                          \
@@ -24,6 +161,31 @@ namespace sinkhorn::cpu {
                ? sinkhorn::softmin_adjoint_row<T, true>(row, h, adj, s, w, n, eps, grad_row) \
                : sinkhorn::softmin_adjoint_row<T, false>(row, h, adj, s, w, n, eps,          \
                                                          grad_row);                          \
+  }                                                                                          \
+  SK_CPU_CLONES void exp_affine(const T* __restrict__ v, T shift, T scale, int n,            \
+                                T* __restrict__ out) {                                       \
+    _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = fast_exp((v[c] - shift) * scale); \
+  }                                                                                          \
+  SK_CPU_CLONES void matvec(const T* M, int rows, int n, const T* v, T* out) {              \
+    matvec_impl<T, false>(M, nullptr, rows, n, v, out);                                      \
+  }                                                                                          \
+  SK_CPU_CLONES void matvec_product(const T* A, const T* B, int rows, int n, const T* v,     \
+                                    T* out) {                                                \
+    matvec_impl<T, true>(A, B, rows, n, v, out);                                             \
+  }                                                                                          \
+  SK_CPU_CLONES void matvec_transposed(const T* M, int rows, long stride, int width,         \
+                                       const T* v, T* acc) {                                 \
+    matvec_transposed_impl<T, false>(M, nullptr, rows, stride, width, v, acc);               \
+  }                                                                                          \
+  SK_CPU_CLONES void matvec_transposed_product(const T* A, const T* B, int rows, long stride,  \
+                                               int width, const T* v, T* acc) {              \
+    matvec_transposed_impl<T, true>(A, B, rows, stride, width, v, acc);                      \
+  }                                                                                          \
+  SK_CPU_CLONES T dot(const T* __restrict__ a, const T* __restrict__ b, int n) {             \
+    return lane_dot<T, false>(a, b, nullptr, n);                                             \
+  }                                                                                          \
+  SK_CPU_CLONES void add_scaled(T alpha, const T* __restrict__ v, int n, T* __restrict__ acc) { \
+    _Pragma("omp simd") for (int c = 0; c < n; ++c) acc[c] += alpha * v[c];                  \
   }
 
 SK_DEFINE_ROWS(float)

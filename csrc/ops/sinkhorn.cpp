@@ -2,11 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <utility>
+#include <vector>
 
 namespace sinkhorn::ops {
 namespace {
@@ -33,8 +38,29 @@ void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
                     t.size(2), ")");
 }
 
-// Weights must be probability vectors: (B, rows), nonnegative, each summing to 1. The values
-// are read back (a device synchronisation), so only the forward checks them.
+// max_b |sum_k w[b, k] - 1| and whether every entry is >= 0 (NaN is not), read on the host
+// without dispatching tensor ops: on the CPU these checks would otherwise cost more than a
+// small problem's kernels.
+template <typename T>
+std::pair<bool, double> weight_stats_on_host(const at::Tensor& w) {
+  const at::Tensor c = w.contiguous();
+  const T* data = c.const_data_ptr<T>();
+  const int64_t rows = c.size(0), count = c.size(1);
+  bool nonnegative = true;
+  double max_deviation = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    double total = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      nonnegative = nonnegative && data[b * count + k] >= T(0);
+      total += data[b * count + k];
+    }
+    max_deviation = std::max(max_deviation, std::fabs(total - 1));
+  }
+  return {nonnegative, max_deviation};
+}
+
+// Weights must be probability vectors: (B, rows), nonnegative, each summing to 1. On a GPU
+// the values are read back (a device synchronisation), so only the forward checks them.
 void check_weights(const at::Tensor& w, const char* name, const at::Tensor& cloud,
                    const char* rows, bool check_values) {
   TORCH_CHECK_TYPE(w.scalar_type() == cloud.scalar_type(), name, " must have the dtype of its ",
@@ -45,12 +71,19 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
                     name, " must have shape (B, ", rows, ") = (", cloud.size(0), ", ",
                     cloud.size(1), "), got ", w.sizes());
   if (!check_values) return;
-  TORCH_CHECK_VALUE(w.ge(0).all().item<bool>(), name,
-                    " must be nonnegative and finite (a probability vector)");
+  bool nonnegative;
+  double max_deviation;
+  if (w.is_cpu()) {
+    std::tie(nonnegative, max_deviation) =
+        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w) : weight_stats_on_host<float>(w);
+  } else {
+    nonnegative = w.ge(0).all().item<bool>();
+    max_deviation = (w.sum(1) - 1).abs().max().item<double>();
+  }
+  TORCH_CHECK_VALUE(nonnegative, name, " must be nonnegative and finite (a probability vector)");
   // Summation in float32 loses about 1e-7 * log2(m) relative; weights computed in half
   // precision and cast up need more room.
   const double tolerance = w.scalar_type() == at::kDouble ? 1e-8 : 1e-4;
-  const double max_deviation = (w.sum(1) - 1).abs().max().item<double>();
   TORCH_CHECK_VALUE(max_deviation <= tolerance, name, " must sum to 1 (got a sum that is off by ",
                     max_deviation, ")");
 }
@@ -72,125 +105,265 @@ void check_common(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
 }
 
+void check_iters(int64_t iters) {
+  TORCH_CHECK_VALUE(iters >= 1 && iters <= std::numeric_limits<int>::max(),
+                    "iters must be an integer >= 1, got ", iters);
+}
+
+// The backward's incoming gradient (B,) and the histories (B, L, m), (B, L, n) of one problem;
+// returns L.
+int64_t check_backward_inputs(const at::Tensor& x, const at::Tensor& grad, const char* grad_name,
+                              const at::Tensor& u, const char* u_name, const at::Tensor& v,
+                              const char* v_name, int64_t m, int64_t n) {
+  const int64_t B = x.size(0);
+  const int64_t iters = u.dim() == 3 ? u.size(1) : 0;
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == B, grad_name, " must have shape (B,) = (",
+                    B, ",), got ", grad.sizes());
+  TORCH_CHECK_VALUE(u.dim() == 3 && u.size(0) == B && iters >= 1 && u.size(2) == m, u_name,
+                    " must have shape (B, L, m) = (", B, ", L, ", m, "), got ", u.sizes());
+  TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) == B && v.size(1) == iters && v.size(2) == n,
+                    v_name, " must have shape (B, L, n) = (", B, ", ", iters, ", ", n, "), got ",
+                    v.sizes());
+  for (const at::Tensor* t : {&grad, &u, &v}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), grad_name, ", ", u_name, " and ",
+                     v_name, " must have the dtype of x (", x.scalar_type(), "), got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x.device(), grad_name, ", ", u_name, " and ", v_name,
+                      " must be on the device of x (", x.device(), "), got ", t->device());
+  }
+  return iters;
+}
+
+// One W_L problem: contiguous inputs, and its histories (outputs of the forward, inputs of
+// the backward).
+struct Problem {
+  at::Tensor x, y, x_weights, y_weights;
+  at::Tensor u_history, v_history;
+
+  int64_t batch() const { return x.size(0); }
+  int64_t m() const { return x.size(1); }
+  int64_t n() const { return y.size(1); }
+};
+
+Problem make_problem(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
+                     const at::Tensor& y_weights) {
+  return {x.contiguous(), y.contiguous(), x_weights.contiguous(), y_weights.contiguous(), {}, {}};
+}
+
 template <typename T>
-SinkhornParams<T> make_params(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                              const at::Tensor& y_weights, double eps, int64_t iters, Cost cost) {
+SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters, Cost cost) {
   SinkhornParams<T> p;
-  p.x = x.const_data_ptr<T>();
-  p.y = y.const_data_ptr<T>();
-  p.x_weights = x_weights.const_data_ptr<T>();
-  p.y_weights = y_weights.const_data_ptr<T>();
-  p.batch = x.size(0);
-  p.m = x.size(1);
-  p.n = y.size(1);
-  p.d = x.size(2);
+  p.x = problem.x.const_data_ptr<T>();
+  p.y = problem.y.const_data_ptr<T>();
+  p.x_weights = problem.x_weights.const_data_ptr<T>();
+  p.y_weights = problem.y_weights.const_data_ptr<T>();
+  p.batch = problem.batch();
+  p.m = problem.m();
+  p.n = problem.n();
+  p.d = problem.x.size(2);
   p.iters = static_cast<int>(iters);
   p.eps = static_cast<T>(eps);
   // The kernels divide by eps in T: it must stay a normal number there.
   TORCH_CHECK_VALUE(std::isfinite(p.eps) && p.eps >= std::numeric_limits<T>::min() &&
                         std::isfinite(T(1) / p.eps),
-                    "eps = ", eps, " is out of the range of ", x.scalar_type(), " (",
+                    "eps = ", eps, " is out of the range of ", problem.x.scalar_type(), " (",
                     std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")");
   p.cost = cost;
+  p.u_history = problem.u_history.data_ptr<T>();
+  p.v_history = problem.v_history.data_ptr<T>();
   return p;
+}
+
+// Runs fn(k) for the k < count independent problems: at once on the host threads where the
+// kernels allow it and each problem is small enough to run on one thread anyway (the CPU
+// kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
+template <typename Fn>
+void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
+  int64_t largest = 0;
+  for (const Problem& pr : problems) largest = std::max(largest, pr.batch() * pr.m() * pr.n());
+  const int64_t count = static_cast<int64_t>(problems.size());
+  if (kernels.concurrent_problems && count > 1 && largest <= (int64_t{1} << 18)) {
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) fn(k);
+    });
+  } else {
+    for (int64_t k = 0; k < count; ++k) fn(k);
+  }
+}
+
+// Runs the forward of every problem; fills their histories and returns their W_L (B,).
+std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>& problems,
+                                    double eps, int64_t iters, Cost cost) {
+  std::vector<at::Tensor> costs;
+  for (Problem& pr : problems) {
+    const auto opts = pr.x.options();
+    costs.push_back(at::empty({pr.batch()}, opts));
+    pr.u_history = at::empty({pr.batch(), iters, pr.m()}, opts);
+    pr.v_history = at::empty({pr.batch(), iters, pr.n()}, opts);
+  }
+  AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn_forward", [&] {
+    for_each_problem(kernels, problems, [&](int64_t k) {
+      const Problem& pr = problems[k];
+      const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
+      auto p = make_params<scalar_t>(pr, eps, iters, cost);
+      p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
+      at::Tensor workspace;
+      if (kernels.needs_workspace) {  // C, C^T, f, g, the column costs
+        workspace = at::empty({2 * B * m * n + B * m + 2 * B * n}, pr.x.options());
+        scalar_t* next = workspace.mutable_data_ptr<scalar_t>();
+        auto take = [&](int64_t size) { return std::exchange(next, next + size); };
+        p.cost_matrix = take(B * m * n);
+        p.cost_matrix_t = take(B * n * m);
+        p.f = take(B * m);
+        p.g = take(B * n);
+        p.y_adjoint = take(B * n);
+      }
+      kernels.of<scalar_t>().forward(p);
+    });
+  });
+  return costs;
+}
+
+struct Gradients {
+  at::Tensor x, y, x_weights, y_weights;
+};
+
+// Runs the backward of every problem, with incoming gradients grad_costs[k] (B,).
+std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Problem>& problems,
+                                    const std::vector<at::Tensor>& grad_costs, double eps,
+                                    int64_t iters, Cost cost) {
+  std::vector<Gradients> grads;
+  for (const Problem& pr : problems) {
+    grads.push_back({at::empty_like(pr.x), at::empty_like(pr.y), at::empty_like(pr.x_weights),
+                     at::empty_like(pr.y_weights)});
+  }
+  AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn_backward", [&] {
+    for_each_problem(kernels, problems, [&](int64_t k) {
+      const Problem& pr = problems[k];
+      const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
+      auto p = make_params<scalar_t>(pr, eps, iters, cost);
+      p.grad_cost = grad_costs[k].const_data_ptr<scalar_t>();
+      p.grad_x = grads[k].x.mutable_data_ptr<scalar_t>();
+      p.grad_y = grads[k].y.mutable_data_ptr<scalar_t>();
+      p.grad_x_weights = grads[k].x_weights.mutable_data_ptr<scalar_t>();
+      p.grad_y_weights = grads[k].y_weights.mutable_data_ptr<scalar_t>();
+      at::Tensor workspace, grad_matrices;
+      if (kernels.needs_workspace) {  // C, C^T, f, g, phi, psi; the zeroed gradient matrices
+        workspace = at::empty({2 * B * m * n + 2 * B * m + 2 * B * n}, pr.x.options());
+        grad_matrices = at::zeros({2 * B * m * n}, pr.x.options());
+        scalar_t* next = workspace.mutable_data_ptr<scalar_t>();
+        auto take = [&](int64_t size) { return std::exchange(next, next + size); };
+        p.cost_matrix = take(B * m * n);
+        p.cost_matrix_t = take(B * n * m);
+        p.f = take(B * m);
+        p.g = take(B * n);
+        p.x_adjoint = take(B * m);
+        p.y_adjoint = take(B * n);
+        p.grad_matrix = grad_matrices.mutable_data_ptr<scalar_t>();
+        p.grad_matrix_t = p.grad_matrix + B * m * n;
+      }
+      kernels.of<scalar_t>().backward(p);
+    });
+  });
+  return grads;
+}
+
+// The three problems of the loss: W(x, y), W(x, x), W(y, y).
+std::vector<Problem> loss_problems(const at::Tensor& x, const at::Tensor& y,
+                                   const at::Tensor& x_weights, const at::Tensor& y_weights) {
+  const Problem xy = make_problem(x, y, x_weights, y_weights);
+  return {xy, {xy.x, xy.x, xy.x_weights, xy.x_weights, {}, {}},
+          {xy.y, xy.y, xy.y_weights, xy.y_weights, {}, {}}};
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
-    const Kernels& kernels, const at::Tensor& x_in, const at::Tensor& y_in,
-    const at::Tensor& x_weights_in, const at::Tensor& y_weights_in, double eps, int64_t iters,
+    const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, double eps, int64_t iters,
     std::string_view cost_name) {
-  check_common(x_in, y_in, x_weights_in, y_weights_in, eps, /*check_weight_values=*/true);
-  TORCH_CHECK_VALUE(iters >= 1 && iters <= std::numeric_limits<int>::max(),
-                    "iters must be an integer >= 1, got ", iters);
+  check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/true);
+  check_iters(iters);
   const Cost cost = parse_cost(cost_name);
-  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
-  const at::Tensor x_weights = x_weights_in.contiguous(), y_weights = y_weights_in.contiguous();
-  const int64_t B = x.size(0), m = x.size(1), n = y.size(1);
-  const auto opts = x.options();
-  at::Tensor out = at::empty({B}, opts);
-  at::Tensor u_history = at::empty({B, iters, m}, opts);
-  at::Tensor v_history = at::empty({B, iters, n}, opts);
-  at::Tensor cost_matrix = at::empty({B, m, n}, opts);
-  at::Tensor cost_matrix_t = at::empty({B, n, m}, opts);
-  at::Tensor f = at::empty({B, m}, opts), g = at::empty({B, n}, opts);
-  at::Tensor column_cost = at::empty({B, n}, opts);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sinkhorn_cost", [&] {
-    auto p = make_params<scalar_t>(x, y, x_weights, y_weights, eps, iters, cost);
-    p.cost_out = out.mutable_data_ptr<scalar_t>();
-    p.u_history = u_history.mutable_data_ptr<scalar_t>();
-    p.v_history = v_history.mutable_data_ptr<scalar_t>();
-    p.cost_matrix = cost_matrix.mutable_data_ptr<scalar_t>();
-    p.cost_matrix_t = cost_matrix_t.mutable_data_ptr<scalar_t>();
-    p.f = f.mutable_data_ptr<scalar_t>();
-    p.g = g.mutable_data_ptr<scalar_t>();
-    p.y_adjoint = column_cost.mutable_data_ptr<scalar_t>();
-    kernels.of<scalar_t>().forward(p);
-  });
-  return {out, u_history, v_history};
+  std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
+  const std::vector<at::Tensor> costs = run_forward(kernels, problems, eps, iters, cost);
+  return {costs[0], problems[0].u_history, problems[0].v_history};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward(
-    const Kernels& kernels, const at::Tensor& grad_cost_in, const at::Tensor& x_in,
-    const at::Tensor& y_in, const at::Tensor& x_weights_in, const at::Tensor& y_weights_in,
-    const at::Tensor& u_history_in, const at::Tensor& v_history_in, double eps,
+    const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x,
+    const at::Tensor& y, const at::Tensor& x_weights, const at::Tensor& y_weights,
+    const at::Tensor& u_history, const at::Tensor& v_history, double eps,
     std::string_view cost_name) {
-  check_common(x_in, y_in, x_weights_in, y_weights_in, eps, /*check_weight_values=*/false);
+  check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
-  const int64_t B = x_in.size(0), m = x_in.size(1), n = y_in.size(1);
-  const int64_t iters = u_history_in.dim() == 3 ? u_history_in.size(1) : 0;
-  TORCH_CHECK_VALUE(grad_cost_in.dim() == 1 && grad_cost_in.size(0) == B,
-                    "grad_cost must have shape (B,) = (", B, ",), got ", grad_cost_in.sizes());
-  TORCH_CHECK_VALUE(u_history_in.dim() == 3 && u_history_in.size(0) == B && iters >= 1 &&
-                        u_history_in.size(2) == m,
-                    "u_history must have shape (B, L, m) = (", B, ", L, ", m, "), got ",
-                    u_history_in.sizes());
-  TORCH_CHECK_VALUE(v_history_in.dim() == 3 && v_history_in.size(0) == B &&
-                        v_history_in.size(1) == iters && v_history_in.size(2) == n,
-                    "v_history must have shape (B, L, n) = (", B, ", ", iters, ", ", n, "), got ",
-                    v_history_in.sizes());
-  for (const at::Tensor* t : {&grad_cost_in, &u_history_in, &v_history_in}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == x_in.scalar_type(),
-                     "grad_cost, u_history and v_history must have the dtype of x (",
-                     x_in.scalar_type(), "), got ", t->scalar_type());
-    TORCH_CHECK_VALUE(t->device() == x_in.device(),
-                      "grad_cost, u_history and v_history must be on the device of x (",
-                      x_in.device(), "), got ", t->device());
+  const int64_t iters = check_backward_inputs(x, grad_cost, "grad_cost", u_history, "u_history",
+                                              v_history, "v_history", x.size(1), y.size(1));
+  std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
+  problems[0].u_history = u_history.contiguous();
+  problems[0].v_history = v_history.contiguous();
+  const Gradients g =
+      run_backward(kernels, problems, {grad_cost.contiguous()}, eps, iters, cost)[0];
+  return {g.x, g.y, g.x_weights, g.y_weights};
+}
+
+LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
+                          const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                          int64_t iters, std::string_view cost_name) {
+  check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/true);
+  check_iters(iters);
+  const Cost cost = parse_cost(cost_name);
+  std::vector<Problem> problems = loss_problems(x, y, x_weights, y_weights);
+  const std::vector<at::Tensor> w = run_forward(kernels, problems, eps, iters, cost);
+  return {2 * w[0] - w[1] - w[2],          problems[0].u_history, problems[0].v_history,
+          problems[1].u_history, problems[1].v_history, problems[2].u_history,
+          problems[2].v_history};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward(
+    const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
+    const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    std::string_view cost_name) {
+  check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
+  const Cost cost = parse_cost(cost_name);
+  const int64_t m = x.size(1), n = y.size(1);
+  const int64_t iters = check_backward_inputs(x, grad_loss, "grad_loss", u_xy, "u_xy", v_xy, "v_xy", m, n);
+  TORCH_CHECK_VALUE(check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m) == iters &&
+                        check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n) == iters,
+                    "the histories of the three problems must have the same number of iterations L");
+  const std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
+  const at::Tensor* histories[] = {&u_xy, &v_xy, &u_xx, &v_xx, &u_yy, &v_yy};
+  const at::Tensor grad = grad_loss.contiguous();
+  const at::Tensor grad_costs[] = {2 * grad, -grad, -grad};
+  // W(x, x) only matters for the gradients of x and its weights, W(y, y) for those of y.
+  const bool wanted[] = {true, output_mask[0] || output_mask[2], output_mask[1] || output_mask[3]};
+  std::vector<Problem> problems;
+  std::vector<at::Tensor> problem_grads;
+  std::vector<int> which;
+  for (int k = 0; k < 3; ++k) {
+    if (!wanted[k]) continue;
+    problems.push_back(all[k]);
+    problems.back().u_history = histories[2 * k]->contiguous();
+    problems.back().v_history = histories[2 * k + 1]->contiguous();
+    problem_grads.push_back(grad_costs[k]);
+    which.push_back(k);
   }
-  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
-  const at::Tensor x_weights = x_weights_in.contiguous(), y_weights = y_weights_in.contiguous();
-  const at::Tensor grad_cost = grad_cost_in.contiguous();
-  const at::Tensor u_history = u_history_in.contiguous(), v_history = v_history_in.contiguous();
-  const auto opts = x.options();
-  at::Tensor grad_x = at::empty_like(x), grad_y = at::empty_like(y);
-  at::Tensor grad_x_weights = at::empty({B, m}, opts), grad_y_weights = at::empty({B, n}, opts);
-  at::Tensor cost_matrix = at::empty({B, m, n}, opts);
-  at::Tensor cost_matrix_t = at::empty({B, n, m}, opts);
-  at::Tensor grad_matrix = at::zeros({B, m, n}, opts);
-  at::Tensor grad_matrix_t = at::zeros({B, n, m}, opts);
-  at::Tensor f = at::empty({B, m}, opts), g = at::empty({B, n}, opts);
-  at::Tensor phi = at::empty({B, m}, opts), psi = at::empty({B, n}, opts);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sinkhorn_cost_backward", [&] {
-    auto p = make_params<scalar_t>(x, y, x_weights, y_weights, eps, iters, cost);
-    p.u_history = const_cast<scalar_t*>(u_history.const_data_ptr<scalar_t>());
-    p.v_history = const_cast<scalar_t*>(v_history.const_data_ptr<scalar_t>());
-    p.grad_cost = grad_cost.const_data_ptr<scalar_t>();
-    p.grad_x = grad_x.mutable_data_ptr<scalar_t>();
-    p.grad_y = grad_y.mutable_data_ptr<scalar_t>();
-    p.grad_x_weights = grad_x_weights.mutable_data_ptr<scalar_t>();
-    p.grad_y_weights = grad_y_weights.mutable_data_ptr<scalar_t>();
-    p.cost_matrix = cost_matrix.mutable_data_ptr<scalar_t>();
-    p.cost_matrix_t = cost_matrix_t.mutable_data_ptr<scalar_t>();
-    p.grad_matrix = grad_matrix.mutable_data_ptr<scalar_t>();
-    p.grad_matrix_t = grad_matrix_t.mutable_data_ptr<scalar_t>();
-    p.f = f.mutable_data_ptr<scalar_t>();
-    p.g = g.mutable_data_ptr<scalar_t>();
-    p.x_adjoint = phi.mutable_data_ptr<scalar_t>();
-    p.y_adjoint = psi.mutable_data_ptr<scalar_t>();
-    kernels.of<scalar_t>().backward(p);
-  });
-  return {grad_x, grad_y, grad_x_weights, grad_y_weights};
+  const std::vector<Gradients> g = run_backward(kernels, problems, problem_grads, eps, iters, cost);
+  Gradients total = g[0];  // W(x, y)
+  for (std::size_t k = 1; k < g.size(); ++k) {
+    // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments.
+    at::Tensor& cloud = which[k] == 1 ? total.x : total.y;
+    at::Tensor& weights = which[k] == 1 ? total.x_weights : total.y_weights;
+    cloud = cloud + g[k].x + g[k].y;
+    weights = weights + g[k].x_weights + g[k].y_weights;
+  }
+  // Those not asked for lack their self-term: they are returned as zeros.
+  std::array<at::Tensor*, 4> outputs = {&total.x, &total.y, &total.x_weights, &total.y_weights};
+  for (int k = 0; k < 4; ++k)
+    if (!output_mask[k]) *outputs[k] = at::zeros_like(*outputs[k]);
+  return {total.x, total.y, total.x_weights, total.y_weights};
 }
 
 }  // namespace sinkhorn::ops
@@ -203,4 +376,11 @@ TORCH_LIBRARY(sinkhorn_ext, m) {
       "sinkhorn_cost_backward(Tensor grad_cost, Tensor x, Tensor y, Tensor x_weights, "
       "Tensor y_weights, Tensor u_history, Tensor v_history, float eps, str cost) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "sinkhorn_loss(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
+      "int iters, str cost) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "sinkhorn_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor x_weights, "
+      "Tensor y_weights, Tensor u_xy, Tensor v_xy, Tensor u_xx, Tensor v_xx, Tensor u_yy, "
+      "Tensor v_yy, bool[4] output_mask, float eps, str cost) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <string_view>
 #include <tuple>
 #include <type_traits>
@@ -25,6 +26,12 @@ struct KernelPair {
 struct Kernels {
   KernelPair<float> float32;
   KernelPair<double> float64;
+  // The CUDA kernels take their workspace from the op (the caching allocator); the CPU
+  // kernels allocate their own.
+  bool needs_workspace;
+  // Whether independent problems (the three terms of the loss) may run on separate host
+  // threads at once.
+  bool concurrent_problems;
 
   template <typename T>
   constexpr const KernelPair<T>& of() const {
@@ -46,5 +53,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
     const at::Tensor& v_history, double eps, std::string_view cost);
+
+// sinkhorn_ext::sinkhorn_loss: 2 W_L(x, y) - W_L(x, x) - W_L(y, y) (B,), and the histories of
+// the three problems, in that order: (loss, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy).
+using LossOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
+                          const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                          int64_t iters, std::string_view cost);
+
+// sinkhorn_ext::sinkhorn_loss_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
+// output_mask says which are wanted: W(x, x) is replayed only for x's, W(y, y) only for y's.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward(
+    const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
+    const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    std::string_view cost);
 
 }  // namespace sinkhorn::ops

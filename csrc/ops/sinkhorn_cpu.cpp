@@ -8,13 +8,16 @@ namespace sinkhorn::ops {
 namespace {
 
 constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>},
-                              {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>}};
+                              {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>},
+                              /*needs_workspace=*/false,
+                              /*concurrent_problems=*/true};
+
+std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
     const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost) {
-  return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters,
-                       std::string_view(cost.data(), cost.size()));
+  return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cpu(
@@ -22,7 +25,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
     const at::Tensor& v_history, double eps, c10::string_view cost) {
   return sinkhorn_cost_backward(kCpuKernels, grad_cost, x, y, x_weights, y_weights, u_history,
-                                v_history, eps, std::string_view(cost.data(), cost.size()));
+                                v_history, eps, view(cost));
+}
+
+LossOutputs sinkhorn_loss_cpu(const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& x_weights, const at::Tensor& y_weights,
+                              double eps, int64_t iters, c10::string_view cost) {
+  return sinkhorn_loss(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
+    const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    c10::string_view cost) {
+  return sinkhorn_loss_backward(kCpuKernels, grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
+                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost));
 }
 
 }  // namespace
@@ -31,4 +50,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
 TORCH_LIBRARY_IMPL(sinkhorn_ext, CPU, m) {
   m.impl("sinkhorn_cost", &sinkhorn::ops::sinkhorn_cost_cpu);
   m.impl("sinkhorn_cost_backward", &sinkhorn::ops::sinkhorn_cost_backward_cpu);
+  m.impl("sinkhorn_loss", &sinkhorn::ops::sinkhorn_loss_cpu);
+  m.impl("sinkhorn_loss_backward", &sinkhorn::ops::sinkhorn_loss_backward_cpu);
 }

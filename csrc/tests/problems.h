@@ -20,7 +20,7 @@ namespace sktest {
 using sinkhorn::Cost;
 using sinkhorn::SinkhornParams;
 
-const char* cost_name(Cost c) { return c == Cost::kSqEuclidean ? "sqeuclidean" : "euclidean"; }
+inline const char* cost_name(Cost c) { return c == Cost::kSqEuclidean ? "sqeuclidean" : "euclidean"; }
 
 template <typename T>
 struct Problem {

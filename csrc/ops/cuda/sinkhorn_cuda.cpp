@@ -26,14 +26,18 @@ void backward(const SinkhornParams<T>& p) {
 }
 
 constexpr Kernels kCudaKernels{{forward<float>, backward<float>},
-                               {forward<double>, backward<double>}};
+                               {forward<double>, backward<double>},
+                               /*needs_workspace=*/true,
+                               /*concurrent_problems=*/false};
+
+std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cuda(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
     const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   return sinkhorn_cost(kCudaKernels, x, y, x_weights, y_weights, eps, iters,
-                       std::string_view(cost.data(), cost.size()));
+                       view(cost));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cuda(
@@ -42,7 +46,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     const at::Tensor& v_history, double eps, c10::string_view cost) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   return sinkhorn_cost_backward(kCudaKernels, grad_cost, x, y, x_weights, y_weights, u_history,
-                                v_history, eps, std::string_view(cost.data(), cost.size()));
+                                v_history, eps, view(cost));
+}
+
+LossOutputs sinkhorn_loss_cuda(const at::Tensor& x, const at::Tensor& y,
+                               const at::Tensor& x_weights, const at::Tensor& y_weights,
+                               double eps, int64_t iters, c10::string_view cost) {
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  return sinkhorn_loss(kCudaKernels, x, y, x_weights, y_weights, eps, iters, view(cost));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward_cuda(
+    const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
+    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
+    const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
+    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+    c10::string_view cost) {
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  return sinkhorn_loss_backward(kCudaKernels, grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
+                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost));
 }
 
 }  // namespace
@@ -51,4 +73,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
 TORCH_LIBRARY_IMPL(sinkhorn_ext, CUDA, m) {
   m.impl("sinkhorn_cost", &sinkhorn::ops::sinkhorn_cost_cuda);
   m.impl("sinkhorn_cost_backward", &sinkhorn::ops::sinkhorn_cost_backward_cuda);
+  m.impl("sinkhorn_loss", &sinkhorn::ops::sinkhorn_loss_cuda);
+  m.impl("sinkhorn_loss_backward", &sinkhorn::ops::sinkhorn_loss_backward_cuda);
 }

@@ -1,0 +1,79 @@
+// How the CPU kernels split work over threads, and their scratch buffers. Every output
+// element is computed by one thread in a fixed order, so results do not depend on the thread
+// count (DESIGN.md section 4).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+
+
+namespace sinkhorn::cpu {
+
+// Work per chunk, in multiply-adds (an exp counts as about 8): about 0.1 ms. Smaller problems
+// run on the calling thread, which is faster than waking the others for every half-step.
+constexpr int64_t kChunkWork = int64_t{1} << 18;
+constexpr int64_t kExpWork = 8;
+
+// Runs fn(b, r) for every row r < rows of every batch b, in parallel; row_work is the work of
+// one row.
+template <typename Fn>
+void for_each_row(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, kChunkWork / std::max<int64_t>(1, row_work));
+  at::parallel_for(0, batch * rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) fn(k / rows, k % rows);
+  });
+}
+
+// Runs fn(b, c0, c1) for blocks [c0, c1) of kColumnBlock columns of every batch b, in
+// parallel; column_work is the work of one column. The block width is fixed, so each column
+// is summed in the same order whatever the thread count.
+constexpr int64_t kColumnBlock = 128;
+
+template <typename Fn>
+void for_each_column_block(int64_t batch, int64_t cols, int64_t column_work, const Fn& fn) {
+  const int64_t blocks = (cols + kColumnBlock - 1) / kColumnBlock;
+  const int64_t block_work = kColumnBlock * std::max<int64_t>(1, column_work);
+  const int64_t grain = std::max<int64_t>(1, kChunkWork / block_work);
+  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t c0 = (k % blocks) * kColumnBlock;
+      fn(k / blocks, c0, std::min(cols, c0 + kColumnBlock));
+    }
+  });
+}
+
+// Runs fn(b, r0, r1) over ranges [r0, r1) of the rows of every batch b, in parallel. Ranges
+// start at multiples of kRowBlock, so each row takes the same code path (cpu/rows.h matvec
+// works four rows at a time) whatever the thread count.
+constexpr int64_t kRowBlock = 8;
+
+template <typename Fn>
+void for_each_row_range(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t grain =
+      std::max<int64_t>(1, kChunkWork / (kRowBlock * std::max<int64_t>(1, row_work)));
+  at::parallel_for(0, batch * blocks, grain, [&](int64_t begin, int64_t end) {
+    while (begin < end) {  // split [begin, end) at batch boundaries
+      const int64_t b = begin / blocks;
+      const int64_t stop = std::min(end, (b + 1) * blocks);
+      fn(b, (begin - b * blocks) * kRowBlock, std::min(rows, (stop - b * blocks) * kRowBlock));
+      begin = stop;
+    }
+  });
+}
+
+// Uninitialised scratch (std::vector would spend a pass zeroing it).
+template <typename T>
+class Buffer {
+ public:
+  explicit Buffer(int64_t size) : data_(new T[static_cast<std::size_t>(std::max<int64_t>(size, 1))]) {}
+  T* get() const { return data_.get(); }
+
+ private:
+  std::unique_ptr<T[]> data_;
+};
+
+}  // namespace sinkhorn::cpu

@@ -1,0 +1,241 @@
+// The scaling strategy: K = exp(-C / eps) once, then the iterations of paper eq. 7 as products
+// of K with vectors, in the shifted form of core/softmin.h (scaled_softmin), which gives the
+// log-domain iterates to rounding where scaling_form_is_safe holds. A half-step costs one
+// multiply-add per element of K instead of an exp.
+//
+// The backward follows DESIGN.md section 1 in the scaled adjoints phi, psi of the log-domain
+// strategy, with every exp((s_r + h_c - C_rc) / eps) written as exp(-C_rc / eps) times a
+// factor of the row and a factor of the column. Each reverse step is then a product with K or
+// K^T, and its contribution to dW/dC is K times a rank-one matrix; dW/dC is formed once at the
+// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/cost.h"
+#include "core/softmin.h"
+#include "cpu/blas.h"
+#include "cpu/parallel.h"
+#include "cpu/rows.h"
+#include "cpu/strategies.h"
+
+namespace sinkhorn::cpu {
+namespace {
+
+// Per batch: shift[b] = max_c h[b, c] and e[b, c] = exp((h[b, c] - shift[b]) / eps), in [0, 1].
+template <typename T>
+void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e) {
+  for (int64_t b = 0; b < batch; ++b) {
+    T s = -std::numeric_limits<T>::infinity();
+    for (int64_t k = 0; k < count; ++k) s = std::max(s, h[b * count + k]);
+    shift[b] = s;
+    exp_affine(h + b * count, s, T(1) / eps, static_cast<int>(count), e + b * count);
+  }
+}
+
+// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols) (with Q: sum_r M Q v), by blocks
+// of columns, each reading its stripe of every row; then finish(b, c) for each column.
+template <typename T, typename Finish>
+void column_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows,
+                     int64_t cols, T* out, const Finish& finish) {
+  for_each_column_block(batch, cols, rows, [&](int64_t b, int64_t c0, int64_t c1) {
+    T* acc = out + b * cols + c0;
+    const int width = static_cast<int>(c1 - c0);
+    std::fill(acc, acc + width, T(0));
+    const int64_t offset = b * rows * cols + c0;
+    if (Q == nullptr) {
+      matvec_transposed(M + offset, static_cast<int>(rows), cols, width, v + b * rows, acc);
+    } else {
+      matvec_transposed_product(M + offset, Q + offset, static_cast<int>(rows), cols, width,
+                                v + b * rows, acc);
+    }
+    for (int64_t c = c0; c < c1; ++c) finish(b, c);
+  });
+}
+
+// out[b, r] = sum_c M[b, r, c] v[b, c] (with Q: sum_c M Q v), then finish(b, r) for each row.
+template <typename T, typename Finish>
+void row_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows, int64_t cols,
+                  T* out, const Finish& finish) {
+  for_each_row_range(batch, rows, Q == nullptr ? cols : 2 * cols,
+                     [&](int64_t b, int64_t r0, int64_t r1) {
+    const int64_t offset = (b * rows + r0) * cols;
+    const int count = static_cast<int>(r1 - r0), n = static_cast<int>(cols);
+    if (Q == nullptr) {
+      matvec(M + offset, count, n, v + b * cols, out + b * rows + r0);
+    } else {
+      matvec_product(M + offset, Q + offset, count, n, v + b * cols, out + b * rows + r0);
+    }
+    for (int64_t r = r0; r < r1; ++r) finish(b, r);
+  });
+}
+
+template <typename T>
+void build_kernel_matrix(const T* C, int64_t batch, int64_t m, int64_t n, T eps, T* K) {
+  for_each_row(batch, m, kExpWork * n, [&](int64_t b, int64_t i) {
+    const int64_t row = (b * m + i) * n;
+    exp_affine(C + row, T(0), T(-1) / eps, static_cast<int>(n), K + row);
+  });
+}
+
+// eps log(w) for weights w (count,): -inf where w = 0.
+template <typename T>
+std::vector<T> eps_log(const T* w, int64_t count, T eps) {
+  std::vector<T> out(static_cast<std::size_t>(count));
+  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(w[k], T(0), eps);
+  return out;
+}
+
+}  // namespace
+
+template <typename T>
+void scaling_forward(const SinkhornParams<T>& p, const T* C) {
+  const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
+  const T eps = p.eps, inv_eps = T(1) / eps;
+  const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);  // eps log alpha
+  const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
+  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n), e_buffer(B * std::max(m, n));
+  Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m);
+  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
+  T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
+  build_kernel_matrix(C, B, m, n, eps, K);
+  std::fill(g, g + B * n, T(0));  // g^0 = 0, i.e. b^0 = 1
+
+  for (int64_t l = 1; l <= L; ++l) {
+    // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
+    shifted_exp(g, B, n, eps, shift, e);
+    row_products(K, static_cast<const T*>(nullptr), e, B, m, n, row, [&](int64_t b, int64_t i) {
+      const T u = scaled_softmin(row[b * m + i], shift[b], eps);
+      p.u_history[(b * L + l - 1) * m + i] = u;
+      f[b * m + i] = log_alpha[b * m + i] + u;
+    });
+    // g-update: v^l_j from the column j of K and f^l.
+    shifted_exp(f, B, m, eps, shift, e);
+    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
+      const T v = scaled_softmin(column[b * n + j], shift[b], eps);
+      p.v_history[(b * L + l - 1) * n + j] = v;
+      g[b * n + j] = log_beta[b * n + j] + v;
+    });
+  }
+  // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
+  // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
+  shifted_exp(g, B, n, eps, shift, e);
+  row_products(C, K, e, B, m, n, row, [&](int64_t b, int64_t i) {
+    row[b * m + i] *= fast_exp((f[b * m + i] + shift[b]) * inv_eps);
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    T w = T(0);
+    for (int64_t i = 0; i < m; ++i) w += row[b * m + i];
+    p.cost_out[b] = w;
+  }
+}
+
+template <typename T>
+void scaling_backward(const SinkhornParams<T>& p, const T* C) {
+  const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters, R = 2 * L;
+  const T eps = p.eps, inv_eps = T(1) / eps;
+  const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
+  const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
+  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n);
+  Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * std::max(m, n)), shift_buffer(B);
+  Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
+  Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
+  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get();
+  T *phi = phi_buffer.get(), *psi = psi_buffer.get(), *e = e_buffer.get();
+  T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
+  // dW/dC = K * (sum_k A[:, k] F[k, :] + terminal_row terminal_column^T (1 - C / eps)).
+  T *A = A_buffer.get(), *F = F_buffer.get();
+  T *terminal_row = terminal_row_buffer.get(), *terminal_column = terminal_column_buffer.get();
+  build_kernel_matrix(C, B, m, n, eps, K);
+  auto u_at = [&](int64_t b, int64_t l) { return p.u_history + (b * L + l - 1) * m; };
+  auto v_at = [&](int64_t b, int64_t l) { return p.v_history + (b * L + l - 1) * n; };
+  auto load_potentials = [&](int64_t l) {  // f^l, g^l
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < m; ++i) f[b * m + i] = log_alpha[b * m + i] + u_at(b, l)[i];
+      for (int64_t j = 0; j < n; ++j) g[b * n + j] = log_beta[b * n + j] + v_at(b, l)[j];
+    }
+  };
+  load_potentials(L);
+  std::fill(p.grad_x_weights, p.grad_x_weights + B * m, T(0));
+
+  // P_L = K_ij terminal_row_i terminal_column_j with terminal_row_i = exp((f_i + gamma) / eps)
+  // and terminal_column_j = exp((g_j - gamma) / eps); psi^L_j = sum_i C_ij P_ij / (eps beta_j).
+  shifted_exp(g, B, n, eps, shift, terminal_column);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < m; ++i)
+      terminal_row[b * m + i] = fast_exp((f[b * m + i] + shift[b]) * inv_eps);
+  column_products(C, K, terminal_row, B, m, n, column, [&](int64_t b, int64_t j) {
+    // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
+    const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
+    psi[b * n + j] = expected_cost * inv_eps;
+    p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
+  });
+  // The terminal part of phi^L: sum_j C_ij K_ij terminal_column_j, per row.
+  row_products(C, K, terminal_column, B, m, n, row, [](int64_t, int64_t) {});
+
+  for (int64_t l = L; l >= 1; --l) {
+    const int64_t k = 2 * (L - l);  // the factors of this level: k (g-step), k + 1 (f-step)
+    // Adjoint of the g-update, over the rows i: e_ij = exp((u_i + g_j - C_ij) / eps)
+    // = exp((u_i + gamma) / eps) K_ij exp((g_j - gamma) / eps), gamma = max g.
+    shifted_exp(g, B, n, eps, shift, e);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
+    for (int64_t b = 0; b < B; ++b) {
+      row_products(K + b * m * n, static_cast<const T*>(nullptr), F + (b * R + k) * n, 1, m, n,
+                   phi + b * m, [&](int64_t, int64_t i) {
+        const int64_t bi = b * m + i;
+        const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
+        const T out = fast_exp((u_at(b, l)[i] + shift[b]) * inv_eps) * sum;
+        phi[bi] = out;
+        p.grad_x_weights[bi] += eps * out;
+        A[bi * R + k] = fast_exp((f[bi] + shift[b]) * inv_eps);  // alpha_i exp((u_i + gamma) / eps)
+      });
+    }
+    // Adjoint of the f-update, over the columns j: e_ji = exp((s_j + f_i - C_ij) / eps)
+    // = exp((s_j + max f) / eps) K_ij exp((f_i - max f) / eps), with s_j = v^{l-1}_j and
+    // weight beta_j (s_j = 0 and weight 1 at l = 1, where the f-update read g^0 = 0).
+    shifted_exp(f, B, m, eps, shift, e);
+    for (int64_t bi = 0; bi < B * m; ++bi) {
+      e[bi] *= phi[bi];
+      A[bi * R + k + 1] = e[bi];
+    }
+    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
+      const int64_t bj = b * n + j;
+      const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
+      const T previous_g = l > 1 ? log_beta[bj] + s : T(0);
+      F[(b * R + k + 1) * n + j] = fast_exp((previous_g + shift[b]) * inv_eps);
+      if (l > 1) {
+        const T out = -fast_exp((s + shift[b]) * inv_eps) * column[bj];
+        psi[bj] = out;
+        p.grad_y_weights[bj] += eps * out;
+      }
+    });
+    if (l > 1) load_potentials(l - 1);
+  }
+
+  // H = dW/dC * k(C), written over K: the rank-2L part A F from BLAS, then row by row.
+  Buffer<T> rank_buffer(B * m * n);
+  T* rank = rank_buffer.get();
+  for (int64_t b = 0; b < B; ++b) matmul(A + b * m * R, F + b * R * n, m, R, n, rank + b * m * n);
+  for_each_row(B, m, 4 * n, [&](int64_t b, int64_t i) {
+    const int64_t bi = b * m + i;
+    const T* C_row = C + bi * n;
+    const T* rank_row = rank + bi * n;
+    const T* column = terminal_column + b * n;
+    const T t_row = terminal_row[bi];
+    T* H_row = K + bi * n;
+    for (int64_t j = 0; j < n; ++j) {
+      const T dW_dC = H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
+      H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+    }
+  });
+  finish_backward(p, K);
+}
+
+template void scaling_forward<float>(const SinkhornParams<float>&, const float*);
+template void scaling_forward<double>(const SinkhornParams<double>&, const double*);
+template void scaling_backward<float>(const SinkhornParams<float>&, const float*);
+template void scaling_backward<double>(const SinkhornParams<double>&, const double*);
+
+}  // namespace sinkhorn::cpu

@@ -1,0 +1,104 @@
+// csrc/cpu/cost_matrix.h: the cost matrix and the contraction with the clouds, on both paths
+// (row kernels below kGemmMinDim, matrix products from it on), against pair_cost and a plain
+// loop; coincident and near-coincident points get their exact distance on the product path.
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cost.h"
+#include "cpu/cost_matrix.h"
+#include "tests/harness.h"
+
+namespace {
+
+using sinkhorn::Cost;
+
+template <typename T>
+std::vector<T> cloud(int64_t count, int64_t d, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(1.0, 1.0);  // off-centre: large norms, small distances
+  std::vector<T> out(static_cast<std::size_t>(count * d));
+  for (T& v : out) v = static_cast<T>(normal(rng));
+  return out;
+}
+
+template <typename T>
+void check_cost_matrix(int64_t d, Cost cost, double rtol) {
+  const int64_t B = 2, rows = 13, cols = 9;
+  std::vector<T> a = cloud<T>(B * rows, d, 1), b = cloud<T>(B * cols, d, 2);
+  // Coincident and nearly coincident pairs, where |a|^2 + |b|^2 - 2 a.b cancels.
+  for (int64_t k = 0; k < d; ++k) {
+    b[(0 * cols + 3) * d + k] = a[(0 * rows + 5) * d + k];
+    b[(1 * cols + 0) * d + k] = a[(1 * rows + 2) * d + k] + static_cast<T>(k == 0 ? 1e-3 : 0);
+  }
+  std::vector<T> M(static_cast<std::size_t>(B * rows * cols));
+  sinkhorn::cpu::build_cost_matrix(a.data(), b.data(), B, rows, cols, d, cost, M.data());
+  const std::string where = "d=" + std::to_string(d) + (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T expected = sinkhorn::pair_cost(a.data() + (bi * rows + r) * d,
+                                               b.data() + (bi * cols + c) * d, static_cast<int>(d), cost);
+        const T got = M[(bi * rows + r) * cols + c];
+        SK_CHECK_CLOSE(got, expected, rtol * std::fabs(expected)) << where << " at " << bi << "," << r << "," << c;
+      }
+  SK_CHECK(M[(0 * rows + 5) * cols + 3] == T(0)) << where << ": coincident points";
+}
+
+template <typename T>
+void check_contraction(int64_t d, double rtol) {
+  const int64_t B = 2, rows = 7, cols = 11;
+  const std::vector<T> a = cloud<T>(B * rows, d, 3), b = cloud<T>(B * cols, d, 4);
+  const std::vector<T> H = cloud<T>(B * rows * cols, 1, 5);
+  std::vector<T> out(static_cast<std::size_t>(B * rows * d)), out_t(static_cast<std::size_t>(B * cols * d));
+  sinkhorn::cpu::contract_with_clouds(H.data(), a.data(), b.data(), B, rows, cols, d, out.data(), out_t.data());
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t k = 0; k < d; ++k) {
+      for (int64_t r = 0; r < rows; ++r) {
+        double expected = 0, scale = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double h = H[(bi * rows + r) * cols + c];
+          expected += h * (a[(bi * rows + r) * d + k] - b[(bi * cols + c) * d + k]);
+          scale += std::fabs(h) * (std::fabs(a[(bi * rows + r) * d + k]) + std::fabs(b[(bi * cols + c) * d + k]));
+        }
+        SK_CHECK_CLOSE(out[(bi * rows + r) * d + k], expected, rtol * scale) << "d=" << d << " out";
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        double expected = 0, scale = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const double h = H[(bi * rows + r) * cols + c];
+          expected += h * (b[(bi * cols + c) * d + k] - a[(bi * rows + r) * d + k]);
+          scale += std::fabs(h) * (std::fabs(a[(bi * rows + r) * d + k]) + std::fabs(b[(bi * cols + c) * d + k]));
+        }
+        SK_CHECK_CLOSE(out_t[(bi * cols + c) * d + k], expected, rtol * scale) << "d=" << d << " out_t";
+      }
+    }
+}
+
+}  // namespace
+
+SK_TEST(cost_matrix, row_kernel_path_matches_pair_cost) {
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    check_cost_matrix<double>(3, cost, 1e-15);
+    check_cost_matrix<float>(3, cost, 1e-6);
+  }
+}
+
+// |a|^2 + |b|^2 - 2 a.b is exact to rounding of the norms; the distances here are at least
+// 1/32 of them, or recomputed.
+SK_TEST(cost_matrix, product_path_matches_pair_cost) {
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    for (int64_t d : {sinkhorn::cpu::kGemmMinDim, int64_t{64}, int64_t{784}}) {
+      check_cost_matrix<double>(d, cost, 1e-12);
+      check_cost_matrix<float>(d, cost, 1e-4);
+    }
+  }
+}
+
+SK_TEST(cost_matrix, contraction_on_both_paths) {
+  for (int64_t d : {int64_t{1}, int64_t{3}, sinkhorn::cpu::kGemmMinDim, int64_t{100}}) {
+    check_contraction<double>(d, 1e-14);
+    check_contraction<float>(d, 1e-5);
+  }
+}

@@ -1,0 +1,146 @@
+// csrc/cpu/strategies.h: the scaling strategy gives the log-domain strategy's results to
+// rounding (forward: W and both histories; backward: all four gradients) where
+// scaling_form_is_safe holds, including zero weights, tails of the four-row and 128-column
+// blocks, batches, both costs and thread counts; and the dispatch picks the log domain past
+// the bound.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/params.h"
+#include "core/softmin.h"
+#include "cpu/cost_matrix.h"
+#include "cpu/sinkhorn_cpu.h"
+#include "cpu/strategies.h"
+#include "tests/harness.h"
+#include "tests/problems.h"
+
+namespace {
+
+using sinkhorn::Cost;
+using sinkhorn::SinkhornParams;
+using sktest::ForwardResult;
+using sktest::Grads;
+using sktest::make_problem;
+using sktest::max_abs;
+using sktest::max_rel_diff;
+using sktest::Problem;
+
+// A strategy as a kernel of the shape tests/problems.h runs: it builds C itself.
+template <typename T, void (*Strategy)(const SinkhornParams<T>&, const T*)>
+void with_cost_matrix(const SinkhornParams<T>& p) {
+  std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
+  sinkhorn::cpu::build_cost_matrix(p.x, p.y, p.batch, p.m, p.n, p.d, p.cost, C.data());
+  Strategy(p, C.data());
+}
+
+template <typename T>
+void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
+  using namespace sinkhorn::cpu;
+  const std::string where = " (" + p.describe() + ")";
+  const ForwardResult<T> log_fw = sktest::run_forward(p, with_cost_matrix<T, log_domain_forward<T>>);
+  const ForwardResult<T> scaled_fw = sktest::run_forward(p, with_cost_matrix<T, scaling_forward<T>>);
+  // Potentials are compared relative to their own scale (max C + eps, as the naive tests do).
+  const double potential_scale = std::max(max_abs(log_fw.u), max_abs(log_fw.v)) + p.eps;
+  SK_CHECK(max_rel_diff(scaled_fw.W, log_fw.W) <= rtol) << "W" << where;
+  SK_CHECK(max_rel_diff(scaled_fw.u, log_fw.u, potential_scale) <= rtol) << "u_history" << where;
+  SK_CHECK(max_rel_diff(scaled_fw.v, log_fw.v, potential_scale) <= rtol) << "v_history" << where;
+
+  std::vector<T> grad_cost(static_cast<std::size_t>(p.B));
+  for (int64_t b = 0; b < p.B; ++b) grad_cost[b] = T(1) - T(0.4) * T(b);
+  const Grads<T> log_g = sktest::run_backward(p, log_fw, grad_cost, with_cost_matrix<T, log_domain_backward<T>>);
+  const Grads<T> scaled_g = sktest::run_backward(p, log_fw, grad_cost, with_cost_matrix<T, scaling_backward<T>>);
+  const double scale = std::max({max_abs(log_g.x), max_abs(log_g.y), max_abs(log_g.a), max_abs(log_g.b)});
+  SK_CHECK(max_rel_diff(scaled_g.x, log_g.x, scale) <= rtol) << "grad_x" << where;
+  SK_CHECK(max_rel_diff(scaled_g.y, log_g.y, scale) <= rtol) << "grad_y" << where;
+  SK_CHECK(max_rel_diff(scaled_g.a, log_g.a, scale) <= rtol) << "grad_x_weights" << where;
+  SK_CHECK(max_rel_diff(scaled_g.b, log_g.b, scale) <= rtol) << "grad_y_weights" << where;
+  sktest::info(p.describe() + ": W " + sktest::fmt(max_rel_diff(scaled_fw.W, log_fw.W)) +
+               ", gradients " + sktest::fmt(max_rel_diff(scaled_g.x, log_g.x, scale)));
+}
+
+// Sizes around the four-row blocks of matvec and the 128-column blocks; eps up to the bound.
+template <typename T>
+std::vector<Problem<T>> strategy_problems() {
+  std::vector<Problem<T>> ps;
+  std::uint64_t seed = 300;
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    ps.push_back(make_problem<T>(1, 1, 1, 2, 3, 0.5, cost, seed++));
+    ps.push_back(make_problem<T>(2, 13, 7, 3, 1, 0.5, cost, seed++));
+    ps.push_back(make_problem<T>(2, 37, 130, 2, 4, 0.2, cost, seed++));
+    ps.push_back(make_problem<T>(1, 131, 259, 5, 10, 1.0, cost, seed++));
+    // max C / eps near float's bound of 30: d = 3 in [0, 1.25]^3 gives max C about 3.
+    ps.push_back(make_problem<T>(1, 40, 33, 3, 20, 0.11, cost, seed++));
+  }
+  return ps;
+}
+
+template <typename T>
+Problem<T> with_zero_weights(Problem<T> p) {
+  // alpha_1 = 0 in batch 0, beta_2 = 0 in the last batch, renormalised.
+  auto zero = [](std::vector<T>& w, int64_t begin, int64_t count, int64_t k) {
+    w[begin + k] = 0;
+    T total = 0;
+    for (int64_t i = 0; i < count; ++i) total += w[begin + i];
+    for (int64_t i = 0; i < count; ++i) w[begin + i] /= total;
+  };
+  zero(p.a, 0, p.m, 1);
+  zero(p.b, (p.B - 1) * p.n, p.n, 2);
+  return p;
+}
+
+// Restores the thread count when a test ends.
+struct ThreadCountGuard {
+  int saved = at::get_num_threads();
+  ~ThreadCountGuard() { at::set_num_threads(saved); }
+};
+
+}  // namespace
+
+SK_TEST(strategies, double_scaling_matches_log_domain) {
+  for (const auto& p : strategy_problems<double>()) check_scaling_matches_log_domain(p, 1e-12);
+}
+
+SK_TEST(strategies, float_scaling_matches_log_domain) {
+  for (const auto& p : strategy_problems<float>()) check_scaling_matches_log_domain(p, 5e-5);
+}
+
+SK_TEST(strategies, zero_weights_scaling_matches_log_domain) {
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    const auto p = with_zero_weights(make_problem<double>(2, 9, 11, 2, 5, 0.3, cost, 41));
+    check_scaling_matches_log_domain(p, 1e-12);
+    check_scaling_matches_log_domain(p.cast<float>(), 5e-5);
+  }
+}
+
+SK_TEST(strategies, scaling_is_independent_of_thread_count) {
+  ThreadCountGuard guard;
+  const Problem<double> p = make_problem<double>(2, 301, 517, 3, 4, 0.5, Cost::kSqEuclidean, 8);
+  auto run = [&](int threads) {
+    at::set_num_threads(threads);
+    const ForwardResult<double> fw = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<double>);
+    return std::make_pair(fw, sktest::run_backward(p, fw, {1.0, 0.5}, sinkhorn::cpu::sinkhorn_backward<double>));
+  };
+  const auto [f1, g1] = run(1);
+  for (int threads : {2, 3}) {
+    const auto [fk, gk] = run(threads);
+    // Row ranges start at block multiples and columns are summed by fixed blocks: bitwise.
+    SK_CHECK(fk.W == f1.W && fk.u == f1.u && fk.v == f1.v) << threads << " threads, forward";
+    SK_CHECK(gk.x == g1.x && gk.y == g1.y && gk.a == g1.a && gk.b == g1.b)
+        << threads << " threads, backward";
+  }
+}
+
+SK_TEST(strategies, dispatch_uses_the_log_domain_past_the_bound) {
+  // max C / eps = 3 / 0.05 = 60: past float's bound, where the scaling form loses the
+  // smallest row sums (exp(-60) * K underflows), within double's.
+  const auto p = make_problem<double>(1, 30, 20, 3, 8, 0.05, Cost::kSqEuclidean, 17);
+  SK_CHECK(!sinkhorn::scaling_form_is_safe(60.0f) && sinkhorn::scaling_form_is_safe(60.0));
+  using namespace sinkhorn::cpu;
+  const Problem<float> pf = p.cast<float>();
+  const ForwardResult<float> dispatched = sktest::run_forward(pf, sinkhorn_forward<float>);
+  const ForwardResult<float> log_domain = sktest::run_forward(pf, with_cost_matrix<float, log_domain_forward<float>>);
+  SK_CHECK(dispatched.W == log_domain.W && dispatched.u == log_domain.u && dispatched.v == log_domain.v);
+}
