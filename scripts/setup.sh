@@ -9,7 +9,9 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m pip install --quiet "torch==2.13.0"
 "$PYTHON" -m pip install --quiet numpy ninja setuptools wheel
 if [ "${1:-}" = "--test" ]; then
-  "$PYTHON" -m pip install --quiet pytest pytest-benchmark scipy pot expecttest
+  # scikit-learn, matplotlib and tqdm: the example scripts, which the tests run.
+  "$PYTHON" -m pip install --quiet pytest pytest-benchmark scipy pot expecttest \
+    scikit-learn matplotlib tqdm
   command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake
 fi
 # --no-build-isolation: compile against the torch installed above, not a fresh download.

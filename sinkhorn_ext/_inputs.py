@@ -3,7 +3,8 @@
 Both take clouds of shape (m, d) or (B, m, d) and optional weights; the ops work on the
 batched form with explicit weights. Checks on the tensors themselves (dtypes, sizes, weight
 values, eps, iters, cost) are made once, at the op boundary in C++ (csrc/ops/sinkhorn.cpp);
-here are only the checks that normalising needs, and those on Python arguments.
+here are only the checks that normalising needs, and those on Python arguments, and
+`check_tensors`, the op boundary's checks for the pure-PyTorch losses that have no op.
 """
 
 from __future__ import annotations
@@ -107,3 +108,43 @@ def debiased(cost_fn, inputs: Inputs, *options) -> torch.Tensor:
         y, y, b, b, *options
     )
     return inputs.finish(loss)
+
+
+def check_tensors(inputs: Inputs) -> None:
+    """The checks of the op boundary (check_common in csrc/ops/sinkhorn.cpp), with its
+    messages, for a loss computed in PyTorch without the op (mmd_loss)."""
+    x, y = inputs.x, inputs.y
+    for cloud, name in ((x, "x"), (y, "y")):
+        if cloud.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be a float32 or float64 tensor, got {cloud.dtype}")
+        B, count, d = cloud.shape
+        if B < 1:
+            raise ValueError(f"{name} must contain at least one problem (B >= 1), got shape "
+                             f"{tuple(cloud.shape)}")
+        if count < 1:
+            raise ValueError(f"{name} must contain at least one point, got shape "
+                             f"{tuple(cloud.shape)}")
+        if d < 1:
+            raise ValueError(f"{name} must have at least one feature, got shape "
+                             f"{tuple(cloud.shape)}")
+    if y.device != x.device:
+        raise ValueError(f"y must be on the device of x ({x.device}), got {y.device}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and "
+                         f"{y.shape[0]}")
+    if x.shape[2] != y.shape[2]:
+        raise ValueError(f"x and y must have the same feature dimension d, got {x.shape[2]} and "
+                         f"{y.shape[2]}")
+    for w, name, cloud in ((inputs.x_weights, "x_weights", x), (inputs.y_weights, "y_weights", y)):
+        if w.dtype != cloud.dtype:
+            raise TypeError(f"{name} must have the dtype of its points ({cloud.dtype}), got "
+                            f"{w.dtype}")
+        if w.device != cloud.device:
+            raise ValueError(f"{name} must be on the device of its points ({cloud.device}), got "
+                             f"{w.device}")
+        if not bool((w >= 0).all()):  # also false for NaN
+            raise ValueError(f"{name} must be nonnegative and finite (a probability vector)")
+        tolerance = 1e-8 if w.dtype == torch.float64 else 1e-4
+        deviation = (w.sum(-1) - 1).abs().max().item()
+        if not deviation <= tolerance:
+            raise ValueError(f"{name} must sum to 1 (got a sum that is off by {deviation})")
