@@ -43,7 +43,7 @@ void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int6
     const std::vector<T> bt = transpose_with_ones(b, batch, cols, d);
     for_each_row(batch, rows, cols * d, [&](int64_t bi, int64_t r) {
       // cost_row reads b^T, the rows after the ones
-      cost_row(a + (bi * rows + r) * d, bt.data() + (bi * (d + 1) + 1) * cols,
+      cost_row(a + (bi * rows + r) * d, bt.data() + (bi * (d + 1) + 1) * cols, cols,
                static_cast<int>(d), static_cast<int>(cols), cost, M + (bi * rows + r) * cols);
     });
     return;

@@ -33,6 +33,7 @@ bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
 
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
+  if (p.online) return online_forward(p);
   Buffer<T> C(p.batch * p.m * p.n);
   if (build_cost_and_choose_scaling(p, C.get())) {
     scaling_forward(p, C.get());
@@ -43,6 +44,7 @@ void sinkhorn_forward(const SinkhornParams<T>& p) {
 
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p) {
+  if (p.online) return online_backward(p);
   Buffer<T> C(p.batch * p.m * p.n);
   if (build_cost_and_choose_scaling(p, C.get())) {
     scaling_backward(p, C.get());
