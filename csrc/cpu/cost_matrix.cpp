@@ -31,7 +31,8 @@ std::vector<T> transpose_with_ones(const T* cloud, int64_t batch, int64_t count,
 
 template <typename T>
 void squared_norms(const T* cloud, int64_t count, int64_t d, T* out) {
-  for (int64_t r = 0; r < count; ++r) out[r] = dot(cloud + r * d, cloud + r * d, static_cast<int>(d));
+  for (int64_t r = 0; r < count; ++r)
+    out[r] = dot(cloud + r * d, cloud + r * d, static_cast<int>(d));
 }
 
 }  // namespace
@@ -48,7 +49,8 @@ void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int6
     });
     return;
   }
-  std::vector<T> a_norms(static_cast<std::size_t>(batch * rows)), b_norms(static_cast<std::size_t>(batch * cols));
+  std::vector<T> a_norms(static_cast<std::size_t>(batch * rows));
+  std::vector<T> b_norms(static_cast<std::size_t>(batch * cols));
   squared_norms(a, batch * rows, d, a_norms.data());
   squared_norms(b, batch * cols, d, b_norms.data());
   for (int64_t bi = 0; bi < batch; ++bi) {
@@ -83,7 +85,8 @@ void contract_with_clouds(const T* H, const T* a, const T* b, int64_t batch, int
       at::Tensor o = matrix(out + bi * rows * d, rows, d);
       o.copy_(matrix(a + bi * rows * d, rows, d) * row_sums.unsqueeze(1) - Hy);
       if (out_t != nullptr) {
-        const at::Tensor column_sums = at::mv(Hb.t(), matrix(a_t.data() + bi * (d + 1) * rows, 1, rows)[0]);
+        const at::Tensor ones = matrix(a_t.data() + bi * (d + 1) * rows, 1, rows)[0];
+        const at::Tensor column_sums = at::mv(Hb.t(), ones);
         const at::Tensor Hx = at::mm(Hb.t(), matrix(a + bi * rows * d, rows, d));
         at::Tensor ot = matrix(out_t + bi * cols * d, cols, d);
         ot.copy_(matrix(b + bi * cols * d, cols, d) * column_sums.unsqueeze(1) - Hx);

@@ -1,6 +1,6 @@
-// The CPU backends. The two strategies of the tensorized backend: sinkhorn_cpu.cpp builds C (B, m, n) and
-// picks one per call (core/softmin.h, scaling_form_is_safe); both give the log-domain
-// iterates of DESIGN.md section 1 to rounding.
+// The CPU backends. The two strategies of the tensorized backend: sinkhorn_cpu.cpp builds C
+// (B, m, n) and picks one per call (core/softmin.h, scaling_form_is_safe); both give the
+// log-domain iterates of DESIGN.md section 1 to rounding.
 //   log domain: a softmin pass (max, then exp and sum) over a row of C or C^T per output;
 //   scaling:    K = exp(-C / eps) once, then every half-step and every adjoint step is a
 //               product of K or K^T with a vector, and dW/dC is K times a rank-2L matrix.

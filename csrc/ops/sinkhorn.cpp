@@ -85,7 +85,8 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
   double max_deviation;
   if (w.is_cpu()) {
     std::tie(nonnegative, max_deviation) =
-        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w) : weight_stats_on_host<float>(w);
+        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w)
+                                       : weight_stats_on_host<float>(w);
   } else {
     nonnegative = w.ge(0).all().item<bool>();
     max_deviation = (w.sum(1) - 1).abs().max().item<double>();
@@ -345,10 +346,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
   const Cost cost = parse_cost(cost_name);
   const bool online = parse_backend(kernels, backend);
   const int64_t m = x.size(1), n = y.size(1);
-  const int64_t iters = check_backward_inputs(x, grad_loss, "grad_loss", u_xy, "u_xy", v_xy, "v_xy", m, n);
-  TORCH_CHECK_VALUE(check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m) == iters &&
-                        check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n) == iters,
-                    "the histories of the three problems must have the same number of iterations L");
+  const int64_t iters =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_xy, "u_xy", v_xy, "v_xy", m, n);
+  const int64_t iters_xx =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m);
+  const int64_t iters_yy =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n);
+  TORCH_CHECK_VALUE(iters_xx == iters && iters_yy == iters,
+                    "u_xy, u_xx and u_yy must have the same number of iterations L, got ", iters,
+                    ", ", iters_xx, " and ", iters_yy);
   const std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
   const at::Tensor* histories[] = {&u_xy, &v_xy, &u_xx, &v_xx, &u_yy, &v_yy};
   const at::Tensor grad = grad_loss.contiguous();
@@ -396,8 +402,8 @@ TORCH_LIBRARY(sinkhorn_ext, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
-      "int iters, str cost, str backend=\"tensorized\") -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor)");
+      "int iters, str cost, str backend=\"tensorized\") "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor x_weights, "
       "Tensor y_weights, Tensor u_xy, Tensor v_xy, Tensor u_xx, Tensor v_xx, Tensor u_yy, "

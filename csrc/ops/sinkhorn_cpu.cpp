@@ -20,7 +20,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cpu(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
     const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost,
     c10::string_view backend) {
-  return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost), view(backend));
+  return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost),
+                       view(backend));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cpu(
@@ -35,7 +36,8 @@ LossOutputs sinkhorn_loss_cpu(const at::Tensor& x, const at::Tensor& y,
                               const at::Tensor& x_weights, const at::Tensor& y_weights,
                               double eps, int64_t iters, c10::string_view cost,
     c10::string_view backend) {
-  return sinkhorn_loss(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost), view(backend));
+  return sinkhorn_loss(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost),
+                       view(backend));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward_cpu(
@@ -45,7 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
     c10::string_view cost, c10::string_view backend) {
   return sinkhorn_loss_backward(kCpuKernels, grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
-                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost), view(backend));
+                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost),
+                                view(backend));
 }
 
 }  // namespace

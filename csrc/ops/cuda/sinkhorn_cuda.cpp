@@ -39,8 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_cuda(
     const at::Tensor& y_weights, double eps, int64_t iters, c10::string_view cost,
     c10::string_view backend) {
   const c10::cuda::CUDAGuard device_guard(x.device());
-  return sinkhorn_cost(kCudaKernels, x, y, x_weights, y_weights, eps, iters,
-                       view(cost));
+  return sinkhorn_cost(kCudaKernels, x, y, x_weights, y_weights, eps, iters, view(cost),
+                       view(backend));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward_cuda(
@@ -57,7 +57,8 @@ LossOutputs sinkhorn_loss_cuda(const at::Tensor& x, const at::Tensor& y,
                                double eps, int64_t iters, c10::string_view cost,
     c10::string_view backend) {
   const c10::cuda::CUDAGuard device_guard(x.device());
-  return sinkhorn_loss(kCudaKernels, x, y, x_weights, y_weights, eps, iters, view(cost), view(backend));
+  return sinkhorn_loss(kCudaKernels, x, y, x_weights, y_weights, eps, iters, view(cost),
+                       view(backend));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward_cuda(
@@ -68,7 +69,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     c10::string_view cost, c10::string_view backend) {
   const c10::cuda::CUDAGuard device_guard(x.device());
   return sinkhorn_loss_backward(kCudaKernels, grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
-                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost), view(backend));
+                                u_xx, v_xx, u_yy, v_yy, output_mask, eps, view(cost),
+                                view(backend));
 }
 
 }  // namespace
