@@ -32,7 +32,8 @@ using sktest::Problem;
 template <typename T, void (*Strategy)(const SinkhornParams<T>&, const T*)>
 void with_cost_matrix(const SinkhornParams<T>& p) {
   std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
-  sinkhorn::cpu::build_cost_matrix(p.x, p.y, p.batch, p.m, p.n, p.d, p.cost, C.data());
+  sinkhorn::cpu::build_cost_matrix(sinkhorn::cpu::Cloud<T>(p.x, p.batch, p.m, p.d),
+                                   sinkhorn::cpu::Cloud<T>(p.y, p.batch, p.n, p.d), p.cost, C.data());
   Strategy(p, C.data());
 }
 
