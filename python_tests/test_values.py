@@ -50,7 +50,10 @@ def test_default_weights_are_uniform():
 
 
 def test_zero_weight_equals_dropping_the_point():
-    # Zero weights are how padded batches are written; the point must simply be absent.
+    # Zero weights are how padded batches are written. The L-step algorithm starts from
+    # b^0 = 1 on every point, so a zero-weight point still enters the first f-update of the
+    # self-term W(x, x); placed far from the data, as padding is, its exp(-C / eps) underflows
+    # there and the point is absent.
     x, y, a, b = random_problem(8, 6, 2)
     a = torch.cat([a, torch.zeros(2, dtype=a.dtype)])
     x_padded = torch.cat([x, 100 * torch.randn(2, 2, dtype=x.dtype)]).requires_grad_()

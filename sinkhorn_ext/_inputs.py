@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 COSTS = ("sqeuclidean", "euclidean")
-BACKENDS = ("auto", "tensorized")
+BACKENDS = ("auto", "tensorized", "online")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

@@ -37,7 +37,7 @@ def check_device(device: torch.device) -> None:
 
 
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_cost")
-def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost):
+def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized"):
     torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
     torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
     batch, m, n = x.shape[0], x.shape[1], y.shape[1]
@@ -46,7 +46,7 @@ def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost):
 
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_cost_backward")
 def _sinkhorn_cost_backward_fake(
-    grad_cost, x, y, x_weights, y_weights, u_history, v_history, eps, cost
+    grad_cost, x, y, x_weights, y_weights, u_history, v_history, eps, cost, backend="tensorized"
 ):
     # The op returns contiguous tensors, whatever the strides of its inputs.
     return (
@@ -58,7 +58,7 @@ def _sinkhorn_cost_backward_fake(
 
 
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_loss")
-def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost):
+def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized"):
     torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
     torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
     batch, m, n = x.shape[0], x.shape[1], y.shape[1]
@@ -69,31 +69,32 @@ def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost):
 @torch.library.register_fake("sinkhorn_ext::sinkhorn_loss_backward")
 def _sinkhorn_loss_backward_fake(
     grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, output_mask, eps,
-    cost
+    cost, backend="tensorized"
 ):
     return _sinkhorn_cost_backward_fake(grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
                                         eps, cost)
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, x_weights, y_weights, eps, _iters, cost = inputs
+    x, y, x_weights, y_weights, eps, _iters, cost, *backend = inputs
     histories = output[1:]
     ctx.mark_non_differentiable(*histories)
     ctx.save_for_backward(x, y, x_weights, y_weights, *histories)
-    ctx.eps, ctx.cost = eps, cost
+    ctx.eps, ctx.cost, ctx.backend = eps, cost, backend[0] if backend else "tensorized"
 
 
 def _cost_backward(ctx, grad_cost, *_grad_histories):
     grads = ops.sinkhorn_cost_backward(grad_cost.contiguous(), *ctx.saved_tensors, ctx.eps,
-                                       ctx.cost)
-    return (*grads, None, None, None)
+                                       ctx.cost, ctx.backend)
+    return (*grads, None, None, None, None)
 
 
 def _loss_backward(ctx, grad_loss, *_grad_histories):
     # The self-term of a cloud whose gradients nobody asked for is not replayed.
     grads = ops.sinkhorn_loss_backward(grad_loss.contiguous(), *ctx.saved_tensors,
-                                       list(ctx.needs_input_grad[:4]), ctx.eps, ctx.cost)
-    return (*grads, None, None, None)
+                                       list(ctx.needs_input_grad[:4]), ctx.eps, ctx.cost,
+                                       ctx.backend)
+    return (*grads, None, None, None, None)
 
 
 def _no_double_backward(ctx, *grads):

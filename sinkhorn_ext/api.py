@@ -10,10 +10,27 @@ from sinkhorn_ext._ops import check_device, ops
 DEFAULT_EPS = 0.1
 DEFAULT_ITERS = 20
 
+# backend="auto": the tensorized backend is the faster wherever its m x n arrays fit (a
+# multiply-add per element and half-step where the online backend recomputes a cost and an
+# exp; BENCHMARKS.md), so the online one takes over only when those arrays (about three of
+# B x m x n per problem) would pass this size, or where the tensorized ones do not fit anyway.
+TENSORIZED_MAX_BYTES = 2**30
 
-def _cost(x, y, x_weights, y_weights, eps, iters, cost) -> torch.Tensor:
+
+def _backend(backend: str, inputs) -> str:
+    """The backend "auto" stands for, for these (batched) inputs."""
+    if backend != "auto":
+        return backend
+    if inputs.x.device.type != "cpu":  # the online backend has CPU kernels only, for now
+        return "tensorized"
+    batch, m, n = inputs.x.shape[0], inputs.x.shape[1], inputs.y.shape[1]
+    size = 3 * batch * max(m, n) ** 2 * inputs.x.element_size()
+    return "online" if size > TENSORIZED_MAX_BYTES else "tensorized"
+
+
+def _cost(x, y, x_weights, y_weights, eps, iters, cost, backend) -> torch.Tensor:
     check_device(x.device)
-    return ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost)[0]
+    return ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost, backend)[0]
 
 
 def sinkhorn_cost(
@@ -37,7 +54,9 @@ def sinkhorn_cost(
         cost: "sqeuclidean" (|x - y|^2, default) or "euclidean" (|x - y|).
         x_weights: probability vector alpha, (m,) or (B, m); uniform 1/m if None.
         y_weights: probability vector beta, (n,) or (B, n); uniform 1/n if None.
-        backend: "auto" or "tensorized" (builds the m x n cost matrix once per call).
+        backend: "tensorized" builds the m x n cost matrix once per call; "online" recomputes
+            the costs in every pass and needs memory linear in m + n (CPU only, for now);
+            "auto" (default) is tensorized unless its m x n arrays would pass 1 GiB.
 
     Returns:
         A 0-dim tensor, or shape (B,) for batched input, in the dtype of x. Differentiable
@@ -48,7 +67,8 @@ def sinkhorn_cost(
     check_backend(backend)
     inputs = prepare(x, y, x_weights, y_weights)
     return inputs.finish(
-        _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost)
+        _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost,
+              _backend(backend, inputs))
     )
 
 
@@ -75,5 +95,5 @@ def sinkhorn_loss(
     # One op for the three terms: one call, one saved context, and on the CPU the three
     # problems run at once when they are small.
     loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights,
-                             float(eps), iters, cost)[0]
+                             float(eps), iters, cost, _backend(backend, inputs))[0]
     return inputs.finish(loss)

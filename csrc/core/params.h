@@ -20,6 +20,7 @@ struct SinkhornParams {
   int iters = 0;
   T eps = T(1);
   Cost cost = Cost::kSqEuclidean;
+  bool online = false;  // the online backend: no m x n array (kernels that have one)
 
   // The saved history (written by the forward, read by the backward). With f, g the
   // log-domain potentials of DESIGN.md section 1, u^l = f^l - eps log alpha and

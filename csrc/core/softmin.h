@@ -36,11 +36,19 @@ SK_HOST_DEVICE SK_INLINE T with_log_weight(T weight, T potential, T eps) {
   return eps * std::log(weight) + potential;
 }
 
-// Returns softmin_r(h). If WithExpectedCost, also writes sum_c M_rc softmax_rc, the cost of
-// row r averaged under its softmax (used for W = <C, P_L> and its adjoint).
+// The log-sum-exp of a row in pieces: shift = max_c t_c, sum = sum_c exp(t_c - shift) and
+// cost = sum_c M_rc exp(t_c - shift), for t_c = (h_c - M_rc) / eps. shift = -inf and sum = 0
+// when every h_c is -inf: the piece has no mass.
+template <typename T>
+struct RowSums {
+  T shift, sum, cost;
+};
+
+// Two passes over the row: the maximum, then the shifted exponentials. cost is computed if
+// WithExpectedCost.
 template <typename T, bool WithExpectedCost>
-SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __restrict__ h,
-                                       int n, T eps, T* expected_cost) {
+SK_HOST_DEVICE SK_INLINE RowSums<T> softmin_row_sums(const T* __restrict__ row,
+                                                    const T* __restrict__ h, int n, T eps) {
   const T inv_eps = T(1) / eps;
   T shift = -std::numeric_limits<T>::infinity();
   SK_SIMD_REDUCTION(max : shift)
@@ -51,12 +59,23 @@ SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __res
   T sum = T(0), cost = T(0);
   SK_SIMD_REDUCTION(+ : sum, cost)
   for (int c = 0; c < n; ++c) {
-    const T e = fast_exp((h[c] - row[c]) * inv_eps - shift);
+    const T t = (h[c] - row[c]) * inv_eps;
+    // exp(t - shift) is NaN for t = shift = -inf; such a term has no mass. A NaN propagates.
+    const T e = t == -std::numeric_limits<T>::infinity() ? T(0) : fast_exp(t - shift);
     sum += e;
     if (WithExpectedCost) cost += row[c] * e;
   }
-  if (WithExpectedCost) *expected_cost = cost / sum;
-  return -eps * (shift + std::log(sum));
+  return {shift, sum, cost};
+}
+
+// Returns softmin_r(h). If WithExpectedCost, also writes sum_c M_rc softmax_rc, the cost of
+// row r averaged under its softmax (used for W = <C, P_L> and its adjoint).
+template <typename T, bool WithExpectedCost>
+SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __restrict__ h,
+                                       int n, T eps, T* expected_cost) {
+  const RowSums<T> s = softmin_row_sums<T, WithExpectedCost>(row, h, n, eps);
+  if (WithExpectedCost) *expected_cost = s.cost / s.sum;
+  return -eps * (s.shift + std::log(s.sum));
 }
 
 // One term c of the adjoint sum of a row (the formulas above): adds the term's G_rc
@@ -129,6 +148,22 @@ struct OnlineSoftmin {
       const T e = fast_exp(t - shift);
       sum += e;
       if (WithExpectedCost) cost += row_cost * e;
+    }
+  }
+
+  // Adds a piece of the row summed on its own (softmin_row_sums); pieces without mass are
+  // skipped (a NaN sum is not, and propagates).
+  SK_HOST_DEVICE SK_INLINE void add(const RowSums<T>& piece) {
+    if (piece.shift == -std::numeric_limits<T>::infinity() && piece.sum == T(0)) return;
+    if (piece.shift > shift) {
+      const T rescale = fast_exp(shift - piece.shift);
+      sum = sum * rescale + piece.sum;
+      if (WithExpectedCost) cost = cost * rescale + piece.cost;
+      shift = piece.shift;
+    } else {
+      const T rescale = fast_exp(piece.shift - shift);
+      sum += piece.sum * rescale;
+      if (WithExpectedCost) cost += piece.cost * rescale;
     }
   }
 

@@ -9,11 +9,12 @@
 
 namespace sinkhorn::cpu {
 
-// A (rows, cols) row-major matrix view of plain memory; no copy.
+// A (rows, cols) row-major matrix view of plain memory, rows row_stride apart; no copy.
 template <typename T>
-at::Tensor matrix(const T* data, int64_t rows, int64_t cols) {
+at::Tensor matrix(const T* data, int64_t rows, int64_t cols, int64_t row_stride = -1) {
   constexpr auto dtype = std::is_same_v<T, float> ? at::kFloat : at::kDouble;
-  return at::from_blob(const_cast<T*>(data), {rows, cols}, at::TensorOptions().dtype(dtype));
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {row_stride < 0 ? cols : row_stride, 1},
+                       at::TensorOptions().dtype(dtype));
 }
 
 // out (rows, cols) = A (rows, inner) B (inner, cols).

@@ -15,78 +15,77 @@ namespace {
 // directly (so coincident points get exactly 0, which the euclidean gradient relies on).
 constexpr double kRecomputeBelow = 1.0 / 32;
 
-// The cloud transposed per batch, (d + 1, count), with a row of ones in front: sums over the
-// points then run along rows, and the first gives the plain sum.
-template <typename T>
-std::vector<T> transpose_with_ones(const T* cloud, int64_t batch, int64_t count, int64_t d) {
-  std::vector<T> out(static_cast<std::size_t>(batch * (d + 1) * count));
-  for (int64_t b = 0; b < batch; ++b) {
-    T* block = out.data() + b * (d + 1) * count;
-    std::fill(block, block + count, T(1));
-    for (int64_t r = 0; r < count; ++r)
-      for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = cloud[(b * count + r) * d + k];
-  }
-  return out;
-}
-
-template <typename T>
-void squared_norms(const T* cloud, int64_t count, int64_t d, T* out) {
-  for (int64_t r = 0; r < count; ++r) out[r] = dot(cloud + r * d, cloud + r * d, static_cast<int>(d));
-}
-
 }  // namespace
 
 template <typename T>
-void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int64_t cols,
-                       int64_t d, Cost cost, T* M) {
-  if (d < kGemmMinDim) {
-    const std::vector<T> bt = transpose_with_ones(b, batch, cols, d);
-    for_each_row(batch, rows, cols * d, [&](int64_t bi, int64_t r) {
-      // cost_row reads b^T, the rows after the ones
-      cost_row(a + (bi * rows + r) * d, bt.data() + (bi * (d + 1) + 1) * cols,
-               static_cast<int>(d), static_cast<int>(cols), cost, M + (bi * rows + r) * cols);
-    });
+Cloud<T>::Cloud(const T* points_, int64_t batch_, int64_t count_, int64_t d_)
+    : points(points_), batch(batch_), count(count_), d(d_),
+      transposed(static_cast<std::size_t>(batch_ * (d_ + 1) * count_)) {
+  for (int64_t b = 0; b < batch; ++b) {
+    T* block = transposed.data() + b * (d + 1) * count;
+    std::fill(block, block + count, T(1));
+    for (int64_t r = 0; r < count; ++r)
+      for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = point(b, r)[k];
+  }
+  if (by_products()) {
+    norms.resize(static_cast<std::size_t>(batch * count));
+    for (int64_t r = 0; r < batch * count; ++r)
+      norms[r] = dot(points + r * d, points + r * d, static_cast<int>(d));
+  }
+}
+
+template <typename T>
+void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int64_t r1,
+               int64_t c0, int64_t c1, Cost cost, T* out, int64_t out_stride) {
+  const int64_t d = a.d, width = c1 - c0;
+  if (!a.by_products()) {
+    for (int64_t r = r0; r < r1; ++r)
+      cost_row(a.point(bi, r), b.coordinates(bi) + c0, b.count, static_cast<int>(d),
+               static_cast<int>(width), cost, out + (r - r0) * out_stride);
     return;
   }
-  std::vector<T> a_norms(static_cast<std::size_t>(batch * rows)), b_norms(static_cast<std::size_t>(batch * cols));
-  squared_norms(a, batch * rows, d, a_norms.data());
-  squared_norms(b, batch * cols, d, b_norms.data());
-  for (int64_t bi = 0; bi < batch; ++bi) {
-    at::Tensor out = matrix(M + bi * rows * cols, rows, cols);
-    at::mm_out(out, matrix(a + bi * rows * d, rows, d), matrix(b + bi * cols * d, cols, d).t());
-  }
-  for_each_row(batch, rows, 4 * cols, [&](int64_t bi, int64_t r) {
-    const T* ar = a + (bi * rows + r) * d;
-    const T na = a_norms[bi * rows + r];
-    T* out = M + (bi * rows + r) * cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      const T norms = na + b_norms[bi * cols + c];
-      T sq = norms - 2 * out[c];
+  at::Tensor dots = matrix(out, r1 - r0, width, out_stride);
+  at::mm_out(dots, matrix(a.point(bi, r0), r1 - r0, d), matrix(b.point(bi, c0), width, d).t());
+  for (int64_t r = r0; r < r1; ++r) {
+    const T na = a.norms[bi * a.count + r];
+    const T* nb = b.norms.data() + bi * b.count + c0;
+    T* row = out + (r - r0) * out_stride;
+    for (int64_t c = 0; c < width; ++c) {
+      const T norms = na + nb[c];
+      T sq = norms - 2 * row[c];
       if (!(sq >= T(kRecomputeBelow) * norms))  // also NaN: recomputed, and stays NaN
-        sq = squared_distance(ar, b + (bi * cols + c) * d, static_cast<int>(d));
-      out[c] = cost == Cost::kSqEuclidean ? sq : std::sqrt(sq);
+        sq = squared_distance(a.point(bi, r), b.point(bi, c0 + c), static_cast<int>(d));
+      row[c] = cost == Cost::kSqEuclidean ? sq : std::sqrt(sq);
     }
+  }
+}
+
+template <typename T>
+void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, Cost cost, T* M) {
+  const int64_t rows = a.count, cols = b.count;
+  for_each_row_range(a.batch, rows, cols * std::min<int64_t>(a.d, 64),
+                     [&](int64_t bi, int64_t r0, int64_t r1) {
+    cost_tile(a, b, bi, r0, r1, 0, cols, cost, M + (bi * rows + r0) * cols, cols);
   });
 }
 
 template <typename T>
-void contract_with_clouds(const T* H, const T* a, const T* b, int64_t batch, int64_t rows,
-                          int64_t cols, int64_t d, T* out, T* out_t) {
-  const std::vector<T> bt = transpose_with_ones(b, batch, cols, d);
-  const std::vector<T> a_t = transpose_with_ones(a, batch, rows, d);
-  if (d >= kGemmMinDim) {
+void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* out, T* out_t) {
+  const int64_t batch = a.batch, rows = a.count, cols = b.count, d = a.d;
+  if (a.by_products()) {
     // out = a * (H 1) - H b and out_t = b * (H^T 1) - H^T a, with the products from BLAS.
     for (int64_t bi = 0; bi < batch; ++bi) {
       const at::Tensor Hb = matrix(H + bi * rows * cols, rows, cols);
-      const at::Tensor row_sums = at::mv(Hb, matrix(bt.data() + bi * (d + 1) * cols, 1, cols)[0]);
-      const at::Tensor Hy = at::mm(Hb, matrix(b + bi * cols * d, cols, d));
+      const at::Tensor row_sums = at::mv(Hb, matrix(b.ones_and_coordinates(bi), 1, cols)[0]);
+      const at::Tensor Hy = at::mm(Hb, matrix(b.point(bi, 0), cols, d));
       at::Tensor o = matrix(out + bi * rows * d, rows, d);
-      o.copy_(matrix(a + bi * rows * d, rows, d) * row_sums.unsqueeze(1) - Hy);
+      o.copy_(matrix(a.point(bi, 0), rows, d) * row_sums.unsqueeze(1) - Hy);
       if (out_t != nullptr) {
-        const at::Tensor column_sums = at::mv(Hb.t(), matrix(a_t.data() + bi * (d + 1) * rows, 1, rows)[0]);
-        const at::Tensor Hx = at::mm(Hb.t(), matrix(a + bi * rows * d, rows, d));
+        const at::Tensor ones = matrix(a.ones_and_coordinates(bi), 1, rows)[0];
+        const at::Tensor column_sums = at::mv(Hb.t(), ones);
+        const at::Tensor Hx = at::mm(Hb.t(), matrix(a.point(bi, 0), rows, d));
         at::Tensor ot = matrix(out_t + bi * cols * d, cols, d);
-        ot.copy_(matrix(b + bi * cols * d, cols, d) * column_sums.unsqueeze(1) - Hx);
+        ot.copy_(matrix(b.point(bi, 0), cols, d) * column_sums.unsqueeze(1) - Hx);
       }
     }
     return;
@@ -96,9 +95,9 @@ void contract_with_clouds(const T* H, const T* a, const T* b, int64_t batch, int
     const int64_t br = bi * rows + r;
     thread_local std::vector<T> sums;
     sums.resize(static_cast<std::size_t>(d + 1));
-    matvec(bt.data() + bi * (d + 1) * cols, static_cast<int>(d + 1), static_cast<int>(cols),
+    matvec(b.ones_and_coordinates(bi), static_cast<int>(d + 1), static_cast<int>(cols),
            H + br * cols, sums.data());
-    for (int64_t k = 0; k < d; ++k) out[br * d + k] = a[br * d + k] * sums[0] - sums[k + 1];
+    for (int64_t k = 0; k < d; ++k) out[br * d + k] = a.points[br * d + k] * sums[0] - sums[k + 1];
   });
   if (out_t == nullptr) return;
   // sum_r H_rc and sum_r H_rc a_rk, by blocks of columns.
@@ -108,22 +107,25 @@ void contract_with_clouds(const T* H, const T* a, const T* b, int64_t batch, int
     sums.assign(static_cast<std::size_t>((d + 1) * width), T(0));
     for (int64_t k = 0; k <= d; ++k)
       matvec_transposed(H + bi * rows * cols + c0, static_cast<int>(rows), cols, width,
-                        a_t.data() + (bi * (d + 1) + k) * rows, sums.data() + k * width);
+                        a.ones_and_coordinates(bi) + k * rows, sums.data() + k * width);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t bc = bi * cols + c;
       for (int64_t k = 0; k < d; ++k)
-        out_t[bc * d + k] = b[bc * d + k] * sums[c - c0] - sums[(k + 1) * width + c - c0];
+        out_t[bc * d + k] = b.points[bc * d + k] * sums[c - c0] - sums[(k + 1) * width + c - c0];
     }
   });
 }
 
-template void build_cost_matrix<float>(const float*, const float*, int64_t, int64_t, int64_t,
-                                       int64_t, Cost, float*);
-template void build_cost_matrix<double>(const double*, const double*, int64_t, int64_t, int64_t,
-                                        int64_t, Cost, double*);
-template void contract_with_clouds<float>(const float*, const float*, const float*, int64_t,
-                                          int64_t, int64_t, int64_t, float*, float*);
-template void contract_with_clouds<double>(const double*, const double*, const double*, int64_t,
-                                           int64_t, int64_t, int64_t, double*, double*);
+#define SK_INSTANTIATE(T)                                                                     \
+  template struct Cloud<T>;                                                                   \
+  template void cost_tile<T>(const Cloud<T>&, const Cloud<T>&, int64_t, int64_t, int64_t,     \
+                             int64_t, int64_t, Cost, T*, int64_t);                            \
+  template void build_cost_matrix<T>(const Cloud<T>&, const Cloud<T>&, Cost, T*);             \
+  template void contract_with_clouds<T>(const T*, const Cloud<T>&, const Cloud<T>&, T*, T*);
+
+SK_INSTANTIATE(float)
+SK_INSTANTIATE(double)
+
+#undef SK_INSTANTIATE
 
 }  // namespace sinkhorn::cpu

@@ -1,25 +1,50 @@
-// The cost matrix and the products with the clouds that turn dW/dC into dW/dx, dW/dy: for
-// small d row kernels along the columns; for large d matrix products (BLAS, through ATen).
+// Costs between two clouds, by tiles, and the products with the clouds that turn dW/dC into
+// dW/dx, dW/dy: below kGemmMinDim row kernels along the columns, from it on matrix products
+// (BLAS, through ATen) with |a|^2 + |b|^2 - 2 a.b.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/cost.h"
 
 namespace sinkhorn::cpu {
 
-// From this dimension on, the distances come from |a|^2 + |b|^2 - 2 a.b with a matrix product.
 constexpr int64_t kGemmMinDim = 16;
 
-// M[b, r, c] = c(a_r, b_c) for clouds a (B, rows, d) and b (B, cols, d).
+// A cloud (B, count, d) and what the tiles need of it, computed once.
 template <typename T>
-void build_cost_matrix(const T* a, const T* b, int64_t batch, int64_t rows, int64_t cols,
-                       int64_t d, Cost cost, T* M);
+struct Cloud {
+  Cloud(const T* points, int64_t batch, int64_t count, int64_t d);
+
+  const T* point(int64_t b, int64_t r) const { return points + (b * count + r) * d; }
+  // (d + 1, count) per batch: a row of ones, then the coordinates; row k + 1 holds
+  // coordinate k of every point, so that sums over the points run along rows.
+  const T* ones_and_coordinates(int64_t b) const {
+    return transposed.data() + b * (d + 1) * count;
+  }
+  const T* coordinates(int64_t b) const { return ones_and_coordinates(b) + count; }
+  bool by_products() const { return d >= kGemmMinDim; }
+
+  const T* points;
+  int64_t batch, count, d;
+  std::vector<T> transposed;  // (B, d + 1, count)
+  std::vector<T> norms;       // (B, count) squared norms, if by_products()
+};
+
+// out[(r - r0) * out_stride + c - c0] = c(a_r, b_c) for the rows [r0, r1) of a and the points
+// [c0, c1) of b, in batch bi.
+template <typename T>
+void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int64_t r1,
+               int64_t c0, int64_t c1, Cost cost, T* out, int64_t out_stride);
+
+// M[b, r, c] = c(a_r, b_c), (B, rows, cols).
+template <typename T>
+void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, Cost cost, T* M);
 
 // out[b, r, :] = sum_c H[b, r, c] (a_r - b_c) for H (B, rows, cols), and, if out_t is not
 // null, out_t[b, c, :] = sum_r H[b, r, c] (b_c - a_r): the contraction of dW/dC * k(C).
 template <typename T>
-void contract_with_clouds(const T* H, const T* a, const T* b, int64_t batch, int64_t rows,
-                          int64_t cols, int64_t d, T* out, T* out_t);
+void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* out, T* out_t);
 
 }  // namespace sinkhorn::cpu

@@ -69,7 +69,8 @@ void for_each_row_range(int64_t batch, int64_t rows, int64_t row_work, const Fn&
 template <typename T>
 class Buffer {
  public:
-  explicit Buffer(int64_t size) : data_(new T[static_cast<std::size_t>(std::max<int64_t>(size, 1))]) {}
+  explicit Buffer(int64_t size)
+      : data_(new T[static_cast<std::size_t>(std::max<int64_t>(size, 1))]) {}
   T* get() const { return data_.get(); }
 
  private:

@@ -122,13 +122,13 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, const T* __restri
 
 // The squared distances accumulate over k in order, as squared_distance does.
 template <typename T>
-SK_INLINE void cost_row_impl(const T* __restrict__ a, const T* __restrict__ bt, int d, int n,
-                             Cost cost, T* __restrict__ out) {
+SK_INLINE void cost_row_impl(const T* __restrict__ a, const T* __restrict__ bt, long stride, int d,
+                             int n, Cost cost, T* __restrict__ out) {
 #pragma omp simd
   for (int c = 0; c < n; ++c) out[c] = T(0);
   for (int k = 0; k < d; ++k) {
     const T ak = a[k];
-    const T* __restrict__ bk = bt + static_cast<long>(k) * n;
+    const T* __restrict__ bk = bt + k * stride;
 #pragma omp simd
     for (int c = 0; c < n; ++c) {
       const T diff = ak - bk[c];
@@ -141,12 +141,76 @@ SK_INLINE void cost_row_impl(const T* __restrict__ a, const T* __restrict__ bt, 
   }
 }
 
+template <typename T, bool Terminal>
+SK_INLINE T adjoint_piece_impl(const T* __restrict__ row, const T* __restrict__ h,
+                               const T* __restrict__ adj, T s, T w, int n, T eps, Cost cost,
+                               T* __restrict__ gk) {
+  const T inv_eps = T(1) / eps;
+  T out = T(0);
+  if (cost == Cost::kSqEuclidean) {
+#pragma omp simd reduction(+ : out)
+    for (int c = 0; c < n; ++c) {
+      T grad = T(0);
+      out += adjoint_term<T, Terminal>(row[c], h[c], adj[c], s, w, inv_eps, grad);
+      gk[c] = grad * T(2);
+    }
+  } else {
+#pragma omp simd reduction(+ : out)
+    for (int c = 0; c < n; ++c) {
+      T grad = T(0);
+      out += adjoint_term<T, Terminal>(row[c], h[c], adj[c], s, w, inv_eps, grad);
+      gk[c] = row[c] > T(0) ? grad / row[c] : T(0);
+    }
+  }
+  return out;
+}
+
+template <typename T>
+SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* __restrict__ bt,
+                                     long stride, const T* __restrict__ a, int d,
+                                     T* __restrict__ row_acc, T* __restrict__ col_acc,
+                                     long col_stride) {
+  T total = T(0);
+#pragma omp simd reduction(+ : total)
+  for (int c = 0; c < n; ++c) {
+    total += gk[c];
+    col_acc[c] += gk[c];
+  }
+  row_acc[0] += total;
+  for (int k = 0; k < d; ++k) {
+    const T* __restrict__ bk = bt + k * stride;
+    T* __restrict__ ck = col_acc + (k + 1) * col_stride;
+    const T ak = a[k];
+    T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < n; ++c) {
+      sum += gk[c] * bk[c];
+      ck[c] += gk[c] * ak;
+    }
+    row_acc[k + 1] += sum;
+  }
+}
+
 }  // namespace
 
 #define SK_DEFINE_ROWS(T)                                                                    \
-  SK_CPU_CLONES void cost_row(const T* __restrict__ a, const T* __restrict__ bt, int d, int n, \
-                              Cost cost, T* __restrict__ out) {                              \
-    cost_row_impl(a, bt, d, n, cost, out);                                                   \
+  SK_CPU_CLONES void cost_row(const T* a, const T* bt, long stride, int d, int n, Cost cost,  \
+                              T* out) {                                                      \
+    cost_row_impl(a, bt, stride, d, n, cost, out);                                           \
+  }                                                                                          \
+  SK_CPU_CLONES RowSums<T> softmin_sums(const T* row, const T* h, int n, T eps,               \
+                                        bool with_expected_cost) {                           \
+    return with_expected_cost ? softmin_row_sums<T, true>(row, h, n, eps)                     \
+                              : softmin_row_sums<T, false>(row, h, n, eps);                   \
+  }                                                                                          \
+  SK_CPU_CLONES T adjoint_piece(const T* row, const T* h, const T* adj, T s, T w, int n, T eps, \
+                                bool terminal, Cost cost, T* gk) {                           \
+    return terminal ? adjoint_piece_impl<T, true>(row, h, adj, s, w, n, eps, cost, gk)        \
+                    : adjoint_piece_impl<T, false>(row, h, adj, s, w, n, eps, cost, gk);      \
+  }                                                                                          \
+  SK_CPU_CLONES void accumulate_piece(const T* gk, int n, const T* bt, long stride, const T* a, \
+                                      int d, T* row_acc, T* col_acc, long col_stride) {       \
+    accumulate_piece_impl(gk, n, bt, stride, a, d, row_acc, col_acc, col_stride);             \
   }                                                                                          \
   SK_CPU_CLONES T softmin_row(const T* row, const T* h, int n, T eps) {                     \
     return sinkhorn::softmin_row<T, false>(row, h, n, eps, nullptr);                         \

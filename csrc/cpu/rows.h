@@ -4,12 +4,15 @@
 #pragma once
 
 #include "core/cost.h"
+#include "core/softmin.h"
 
 namespace sinkhorn::cpu {
 
-// out_c = c(a, b_c) for a point a (d) and points b given transposed, bt (d, n).
-void cost_row(const float* a, const float* bt, int d, int n, Cost cost, float* out);
-void cost_row(const double* a, const double* bt, int d, int n, Cost cost, double* out);
+// out_c = c(a, b_c), c < n, for a point a (d) and points b given transposed: b_c's k-th
+// coordinate at bt[k * stride + c].
+void cost_row(const float* a, const float* bt, long stride, int d, int n, Cost cost, float* out);
+void cost_row(const double* a, const double* bt, long stride, int d, int n, Cost cost,
+              double* out);
 
 // Log-domain strategy: the softmin primitive and its adjoint on one row (core/softmin.h).
 float softmin_row(const float* row, const float* h, int n, float eps);
@@ -22,6 +25,26 @@ float softmin_adjoint_row(const float* row, const float* h, const float* adj, fl
                           float w, int n, float eps, bool terminal, float* grad_row);
 double softmin_adjoint_row(const double* row, const double* h, const double* adj, double s,
                            double w, int n, double eps, bool terminal, double* grad_row);
+
+// Online backend: a row streamed in pieces of the other cloud.
+// The log-sum-exp pieces of softmin_row (core/softmin.h), cost only if with_expected_cost.
+RowSums<float> softmin_sums(const float* row, const float* h, int n, float eps,
+                            bool with_expected_cost);
+RowSums<double> softmin_sums(const double* row, const double* h, int n, double eps,
+                             bool with_expected_cost);
+// The adjoint terms of a piece (core/softmin.h, adjoint_term): returns their sum and writes
+// gk_c = (contribution to dW/dM_rc) * k(M_rc), the factor of (a_r - b_c) in dW/da_r.
+float adjoint_piece(const float* row, const float* h, const float* adj, float s, float w, int n,
+                    float eps, bool terminal, Cost cost, float* gk);
+double adjoint_piece(const double* row, const double* h, const double* adj, double s, double w,
+                     int n, double eps, bool terminal, Cost cost, double* gk);
+// row_acc[0] += sum_c gk_c, row_acc[1 + k] += sum_c gk_c bt[k * stride + c] (the sums that give
+// dW/da_r), and col_acc[c] += gk_c, col_acc[(1 + k) * col_stride + c] += gk_c a_k (those that
+// give dW/db_c).
+void accumulate_piece(const float* gk, int n, const float* bt, long stride, const float* a, int d,
+                      float* row_acc, float* col_acc, long col_stride);
+void accumulate_piece(const double* gk, int n, const double* bt, long stride, const double* a,
+                      int d, double* row_acc, double* col_acc, long col_stride);
 
 // Scaling strategy: the same primitive as products with K = exp(-C / eps).
 // out_c = exp((v_c - shift) * scale)

@@ -34,6 +34,10 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
   }
 }
 
+// No second factor Q in column_products and row_products.
+template <typename T>
+constexpr const T* kNoFactor = nullptr;
+
 // out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols) (with Q: sum_r M Q v), by blocks
 // of columns, each reading its stripe of every row; then finish(b, c) for each column.
 template <typename T, typename Finish>
@@ -105,14 +109,14 @@ void scaling_forward(const SinkhornParams<T>& p, const T* C) {
   for (int64_t l = 1; l <= L; ++l) {
     // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
     shifted_exp(g, B, n, eps, shift, e);
-    row_products(K, static_cast<const T*>(nullptr), e, B, m, n, row, [&](int64_t b, int64_t i) {
+    row_products(K, kNoFactor<T>, e, B, m, n, row, [&](int64_t b, int64_t i) {
       const T u = scaled_softmin(row[b * m + i], shift[b], eps);
       p.u_history[(b * L + l - 1) * m + i] = u;
       f[b * m + i] = log_alpha[b * m + i] + u;
     });
     // g-update: v^l_j from the column j of K and f^l.
     shifted_exp(f, B, m, eps, shift, e);
-    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, kNoFactor<T>, e, B, m, n, column, [&](int64_t b, int64_t j) {
       const T v = scaled_softmin(column[b * n + j], shift[b], eps);
       p.v_history[(b * L + l - 1) * n + j] = v;
       g[b * n + j] = log_beta[b * n + j] + v;
@@ -182,7 +186,7 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
     for (int64_t b = 0; b < B; ++b) {
-      row_products(K + b * m * n, static_cast<const T*>(nullptr), F + (b * R + k) * n, 1, m, n,
+      row_products(K + b * m * n, kNoFactor<T>, F + (b * R + k) * n, 1, m, n,
                    phi + b * m, [&](int64_t, int64_t i) {
         const int64_t bi = b * m + i;
         const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
@@ -200,7 +204,7 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
       e[bi] *= phi[bi];
       A[bi * R + k + 1] = e[bi];
     }
-    column_products(K, static_cast<const T*>(nullptr), e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, kNoFactor<T>, e, B, m, n, column, [&](int64_t b, int64_t j) {
       const int64_t bj = b * n + j;
       const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
       const T previous_g = l > 1 ? log_beta[bj] + s : T(0);

@@ -17,7 +17,8 @@ namespace {
 // core/softmin.h's bound. A NaN anywhere makes it unsafe, and the log domain propagates it.
 template <typename T>
 bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
-  build_cost_matrix(p.x, p.y, p.batch, p.m, p.n, p.d, p.cost, C);
+  build_cost_matrix(Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d), p.cost,
+                    C);
   const int64_t size = p.batch * p.m * p.n;
   T max_cost = T(0);
   int nans = 0;
@@ -33,6 +34,7 @@ bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
 
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
+  if (p.online) return online_forward(p);
   Buffer<T> C(p.batch * p.m * p.n);
   if (build_cost_and_choose_scaling(p, C.get())) {
     scaling_forward(p, C.get());
@@ -43,6 +45,7 @@ void sinkhorn_forward(const SinkhornParams<T>& p) {
 
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p) {
+  if (p.online) return online_backward(p);
   Buffer<T> C(p.batch * p.m * p.n);
   if (build_cost_and_choose_scaling(p, C.get())) {
     scaling_backward(p, C.get());
@@ -53,7 +56,8 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 
 template <typename T>
 void finish_backward(const SinkhornParams<T>& p, const T* H) {
-  contract_with_clouds(H, p.x, p.y, p.batch, p.m, p.n, p.d, p.grad_x, p.grad_y);
+  contract_with_clouds(H, Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d),
+                       p.grad_x, p.grad_y);
   for (int64_t b = 0; b < p.batch; ++b) {
     const T g = p.grad_cost[b];
     for (int64_t k = b * p.m * p.d; k < (b + 1) * p.m * p.d; ++k) p.grad_x[k] *= g;

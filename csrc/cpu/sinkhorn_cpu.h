@@ -1,6 +1,7 @@
-// CPU kernels of the tensorized backend: C is built once per call, then the iterations run in
-// the strategy that is exact for it (cpu/strategies.h). They allocate their own scratch; the
-// workspace fields of the params are for the CUDA kernels.
+// CPU kernels. Tensorized backend: C is built once per call, then the iterations run in the
+// strategy that is exact for it; online backend (params.online): the costs are recomputed in
+// every pass (cpu/strategies.h). They allocate their own scratch; the workspace fields of the
+// params are for the CUDA kernels.
 #pragma once
 
 #include "core/params.h"

@@ -1,6 +1,6 @@
-// The two strategies of the CPU tensorized backend. sinkhorn_cpu.cpp builds C (B, m, n) and
-// picks one per call (core/softmin.h, scaling_form_is_safe); both give the log-domain
-// iterates of DESIGN.md section 1 to rounding.
+// The CPU backends. The two strategies of the tensorized backend: sinkhorn_cpu.cpp builds C
+// (B, m, n) and picks one per call (core/softmin.h, scaling_form_is_safe); both give the
+// log-domain iterates of DESIGN.md section 1 to rounding.
 //   log domain: a softmin pass (max, then exp and sum) over a row of C or C^T per output;
 //   scaling:    K = exp(-C / eps) once, then every half-step and every adjoint step is a
 //               product of K or K^T with a vector, and dW/dC is K times a rank-2L matrix.
@@ -21,7 +21,13 @@ void scaling_forward(const SinkhornParams<T>& p, const T* C);
 template <typename T>
 void scaling_backward(const SinkhornParams<T>& p, const T* C);
 
-// The end of both backwards: dW/dx_i = sum_j H_ij (x_i - y_j) and dW/dy_j = sum_i H_ij
+// The online backend (online.cpp): no m x n array; the costs are recomputed in every pass.
+template <typename T>
+void online_forward(const SinkhornParams<T>& p);
+template <typename T>
+void online_backward(const SinkhornParams<T>& p);
+
+// The end of both tensorized backwards: dW/dx_i = sum_j H_ij (x_i - y_j) and dW/dy_j = sum_i H_ij
 // (y_j - x_i) for H = dW/dC * k(C) (core/cost.h) in the layout of C, (B, m, n); then all four
 // gradients times grad_cost (the weight gradients are already in grad_x/y_weights).
 template <typename T>

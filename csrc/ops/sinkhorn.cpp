@@ -22,6 +22,16 @@ Cost parse_cost(std::string_view cost) {
   TORCH_CHECK_VALUE(false, "cost must be \"sqeuclidean\" or \"euclidean\", got \"", cost, "\"");
 }
 
+// Whether the backend is the online one; "auto" is resolved in Python (api.py).
+bool parse_backend(const Kernels& kernels, std::string_view backend) {
+  TORCH_CHECK_VALUE(backend == "tensorized" || backend == "online",
+                    "backend must be \"tensorized\" or \"online\", got \"", backend, "\"");
+  const bool online = backend == "online";
+  TORCH_CHECK(!online || kernels.online_backend, "backend=\"online\" is not implemented on ",
+              kernels.device_name, " yet: use backend=\"tensorized\"");
+  return online;
+}
+
 void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
   TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape (B, ", rows, ", d), got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
@@ -75,7 +85,8 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
   double max_deviation;
   if (w.is_cpu()) {
     std::tie(nonnegative, max_deviation) =
-        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w) : weight_stats_on_host<float>(w);
+        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w)
+                                       : weight_stats_on_host<float>(w);
   } else {
     nonnegative = w.ge(0).all().item<bool>();
     max_deviation = (w.sum(1) - 1).abs().max().item<double>();
@@ -151,7 +162,8 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& y, const at::Tensor&
 }
 
 template <typename T>
-SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters, Cost cost) {
+SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters, Cost cost,
+                              bool online) {
   SinkhornParams<T> p;
   p.x = problem.x.const_data_ptr<T>();
   p.y = problem.y.const_data_ptr<T>();
@@ -169,6 +181,7 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
                     "eps = ", eps, " is out of the range of ", problem.x.scalar_type(), " (",
                     std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")");
   p.cost = cost;
+  p.online = online;
   p.u_history = problem.u_history.data_ptr<T>();
   p.v_history = problem.v_history.data_ptr<T>();
   return p;
@@ -193,7 +206,7 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
 
 // Runs the forward of every problem; fills their histories and returns their W_L (B,).
 std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>& problems,
-                                    double eps, int64_t iters, Cost cost) {
+                                    double eps, int64_t iters, Cost cost, bool online) {
   std::vector<at::Tensor> costs;
   for (Problem& pr : problems) {
     const auto opts = pr.x.options();
@@ -205,7 +218,7 @@ std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>
     for_each_problem(kernels, problems, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
-      auto p = make_params<scalar_t>(pr, eps, iters, cost);
+      auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
       at::Tensor workspace;
       if (kernels.needs_workspace) {  // C, C^T, f, g, the column costs
@@ -231,7 +244,7 @@ struct Gradients {
 // Runs the backward of every problem, with incoming gradients grad_costs[k] (B,).
 std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Problem>& problems,
                                     const std::vector<at::Tensor>& grad_costs, double eps,
-                                    int64_t iters, Cost cost) {
+                                    int64_t iters, Cost cost, bool online) {
   std::vector<Gradients> grads;
   for (const Problem& pr : problems) {
     grads.push_back({at::empty_like(pr.x), at::empty_like(pr.y), at::empty_like(pr.x_weights),
@@ -241,7 +254,7 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
     for_each_problem(kernels, problems, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
-      auto p = make_params<scalar_t>(pr, eps, iters, cost);
+      auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
       p.grad_cost = grad_costs[k].const_data_ptr<scalar_t>();
       p.grad_x = grads[k].x.mutable_data_ptr<scalar_t>();
       p.grad_y = grads[k].y.mutable_data_ptr<scalar_t>();
@@ -281,12 +294,13 @@ std::vector<Problem> loss_problems(const at::Tensor& x, const at::Tensor& y,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
     const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, double eps, int64_t iters,
-    std::string_view cost_name) {
+    std::string_view cost_name, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/true);
   check_iters(iters);
   const Cost cost = parse_cost(cost_name);
+  const bool online = parse_backend(kernels, backend);
   std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
-  const std::vector<at::Tensor> costs = run_forward(kernels, problems, eps, iters, cost);
+  const std::vector<at::Tensor> costs = run_forward(kernels, problems, eps, iters, cost, online);
   return {costs[0], problems[0].u_history, problems[0].v_history};
 }
 
@@ -294,27 +308,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
     const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x,
     const at::Tensor& y, const at::Tensor& x_weights, const at::Tensor& y_weights,
     const at::Tensor& u_history, const at::Tensor& v_history, double eps,
-    std::string_view cost_name) {
+    std::string_view cost_name, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
+  const bool online = parse_backend(kernels, backend);
   const int64_t iters = check_backward_inputs(x, grad_cost, "grad_cost", u_history, "u_history",
                                               v_history, "v_history", x.size(1), y.size(1));
   std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
   problems[0].u_history = u_history.contiguous();
   problems[0].v_history = v_history.contiguous();
   const Gradients g =
-      run_backward(kernels, problems, {grad_cost.contiguous()}, eps, iters, cost)[0];
+      run_backward(kernels, problems, {grad_cost.contiguous()}, eps, iters, cost, online)[0];
   return {g.x, g.y, g.x_weights, g.y_weights};
 }
 
 LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
                           const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
-                          int64_t iters, std::string_view cost_name) {
+                          int64_t iters, std::string_view cost_name, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/true);
   check_iters(iters);
   const Cost cost = parse_cost(cost_name);
+  const bool online = parse_backend(kernels, backend);
   std::vector<Problem> problems = loss_problems(x, y, x_weights, y_weights);
-  const std::vector<at::Tensor> w = run_forward(kernels, problems, eps, iters, cost);
+  const std::vector<at::Tensor> w = run_forward(kernels, problems, eps, iters, cost, online);
   return {2 * w[0] - w[1] - w[2],          problems[0].u_history, problems[0].v_history,
           problems[1].u_history, problems[1].v_history, problems[2].u_history,
           problems[2].v_history};
@@ -325,14 +341,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
     const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
-    std::string_view cost_name) {
+    std::string_view cost_name, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
+  const bool online = parse_backend(kernels, backend);
   const int64_t m = x.size(1), n = y.size(1);
-  const int64_t iters = check_backward_inputs(x, grad_loss, "grad_loss", u_xy, "u_xy", v_xy, "v_xy", m, n);
-  TORCH_CHECK_VALUE(check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m) == iters &&
-                        check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n) == iters,
-                    "the histories of the three problems must have the same number of iterations L");
+  const int64_t iters =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_xy, "u_xy", v_xy, "v_xy", m, n);
+  const int64_t iters_xx =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_xx, "u_xx", v_xx, "v_xx", m, m);
+  const int64_t iters_yy =
+      check_backward_inputs(x, grad_loss, "grad_loss", u_yy, "u_yy", v_yy, "v_yy", n, n);
+  TORCH_CHECK_VALUE(iters_xx == iters && iters_yy == iters,
+                    "u_xy, u_xx and u_yy must have the same number of iterations L, got ", iters,
+                    ", ", iters_xx, " and ", iters_yy);
   const std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
   const at::Tensor* histories[] = {&u_xy, &v_xy, &u_xx, &v_xx, &u_yy, &v_yy};
   const at::Tensor grad = grad_loss.contiguous();
@@ -350,7 +372,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     problem_grads.push_back(grad_costs[k]);
     which.push_back(k);
   }
-  const std::vector<Gradients> g = run_backward(kernels, problems, problem_grads, eps, iters, cost);
+  const std::vector<Gradients> g =
+      run_backward(kernels, problems, problem_grads, eps, iters, cost, online);
   Gradients total = g[0];  // W(x, y)
   for (std::size_t k = 1; k < g.size(); ++k) {
     // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments.
@@ -371,16 +394,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
 TORCH_LIBRARY(sinkhorn_ext, m) {
   m.def(
       "sinkhorn_cost(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
-      "int iters, str cost) -> (Tensor, Tensor, Tensor)");
+      "int iters, str cost, str backend=\"tensorized\") -> (Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_cost_backward(Tensor grad_cost, Tensor x, Tensor y, Tensor x_weights, "
-      "Tensor y_weights, Tensor u_history, Tensor v_history, float eps, str cost) "
+      "Tensor y_weights, Tensor u_history, Tensor v_history, float eps, str cost, "
+      "str backend=\"tensorized\") "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
-      "int iters, str cost) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int iters, str cost, str backend=\"tensorized\") "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor x_weights, "
       "Tensor y_weights, Tensor u_xy, Tensor v_xy, Tensor u_xx, Tensor v_xx, Tensor u_yy, "
-      "Tensor v_yy, bool[4] output_mask, float eps, str cost) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor v_yy, bool[4] output_mask, float eps, str cost, str backend=\"tensorized\") -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
 }

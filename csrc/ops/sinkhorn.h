@@ -32,6 +32,9 @@ struct Kernels {
   // Whether independent problems (the three terms of the loss) may run on separate host
   // threads at once.
   bool concurrent_problems;
+  // Whether the kernels implement backend="online" (SinkhornParams::online).
+  bool online_backend;
+  const char* device_name;
 
   template <typename T>
   constexpr const KernelPair<T>& of() const {
@@ -46,13 +49,14 @@ struct Kernels {
 // sinkhorn_ext::sinkhorn_cost: returns (W_L (B,), u_history (B, L, m), v_history (B, L, n)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
     const Kernels& kernels, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-    const at::Tensor& y_weights, double eps, int64_t iters, std::string_view cost);
+    const at::Tensor& y_weights, double eps, int64_t iters, std::string_view cost,
+    std::string_view backend);
 
 // sinkhorn_ext::sinkhorn_cost_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward(
     const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
-    const at::Tensor& v_history, double eps, std::string_view cost);
+    const at::Tensor& v_history, double eps, std::string_view cost, std::string_view backend);
 
 // sinkhorn_ext::sinkhorn_loss: 2 W_L(x, y) - W_L(x, x) - W_L(y, y) (B,), and the histories of
 // the three problems, in that order: (loss, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy).
@@ -60,7 +64,7 @@ using LossOutputs =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
                           const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
-                          int64_t iters, std::string_view cost);
+                          int64_t iters, std::string_view cost, std::string_view backend);
 
 // sinkhorn_ext::sinkhorn_loss_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
 // output_mask says which are wanted: W(x, x) is replayed only for x's, W(y, y) only for y's.
@@ -69,6 +73,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
     const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
-    std::string_view cost);
+    std::string_view cost, std::string_view backend);
 
 }  // namespace sinkhorn::ops

@@ -33,7 +33,8 @@ void check_cost_matrix(int64_t d, Cost cost, double rtol) {
     b[(1 * cols + 0) * d + k] = a[(1 * rows + 2) * d + k] + static_cast<T>(k == 0 ? 1e-3 : 0);
   }
   std::vector<T> M(static_cast<std::size_t>(B * rows * cols));
-  sinkhorn::cpu::build_cost_matrix(a.data(), b.data(), B, rows, cols, d, cost, M.data());
+  sinkhorn::cpu::build_cost_matrix(sinkhorn::cpu::Cloud<T>(a.data(), B, rows, d),
+                                   sinkhorn::cpu::Cloud<T>(b.data(), B, cols, d), cost, M.data());
   const std::string where = "d=" + std::to_string(d) + (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t r = 0; r < rows; ++r)
@@ -52,7 +53,9 @@ void check_contraction(int64_t d, double rtol) {
   const std::vector<T> a = cloud<T>(B * rows, d, 3), b = cloud<T>(B * cols, d, 4);
   const std::vector<T> H = cloud<T>(B * rows * cols, 1, 5);
   std::vector<T> out(static_cast<std::size_t>(B * rows * d)), out_t(static_cast<std::size_t>(B * cols * d));
-  sinkhorn::cpu::contract_with_clouds(H.data(), a.data(), b.data(), B, rows, cols, d, out.data(), out_t.data());
+  sinkhorn::cpu::contract_with_clouds(H.data(), sinkhorn::cpu::Cloud<T>(a.data(), B, rows, d),
+                                      sinkhorn::cpu::Cloud<T>(b.data(), B, cols, d), out.data(),
+                                      out_t.data());
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t k = 0; k < d; ++k) {
       for (int64_t r = 0; r < rows; ++r) {

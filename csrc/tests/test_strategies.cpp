@@ -1,8 +1,8 @@
-// csrc/cpu/strategies.h: the scaling strategy gives the log-domain strategy's results to
-// rounding (forward: W and both histories; backward: all four gradients) where
-// scaling_form_is_safe holds, including zero weights, tails of the four-row and 128-column
-// blocks, batches, both costs and thread counts; and the dispatch picks the log domain past
-// the bound.
+// csrc/cpu/strategies.h: the scaling strategy and the online backend give the log-domain
+// strategy's results to rounding (forward: W and both histories; backward: all four
+// gradients), the scaling strategy where scaling_form_is_safe holds, the online backend at any
+// eps; including zero weights, tails of the four-row, 128-column and 512-point blocks,
+// batches, both costs and thread counts; and the dispatch picks the log domain past the bound.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -32,16 +32,26 @@ using sktest::Problem;
 template <typename T, void (*Strategy)(const SinkhornParams<T>&, const T*)>
 void with_cost_matrix(const SinkhornParams<T>& p) {
   std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
-  sinkhorn::cpu::build_cost_matrix(p.x, p.y, p.batch, p.m, p.n, p.d, p.cost, C.data());
+  sinkhorn::cpu::build_cost_matrix(sinkhorn::cpu::Cloud<T>(p.x, p.batch, p.m, p.d),
+                                   sinkhorn::cpu::Cloud<T>(p.y, p.batch, p.n, p.d), p.cost, C.data());
   Strategy(p, C.data());
 }
 
-template <typename T>
-void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
+// The online backend as a kernel: its switch is in the params.
+template <typename T, void (*Kernel)(const SinkhornParams<T>&)>
+void online(const SinkhornParams<T>& p) {
+  SinkhornParams<T> q = p;
+  q.online = true;
+  Kernel(q);
+}
+
+// Forward and backward of a candidate against the log-domain strategy.
+template <typename T, typename Forward, typename Backward>
+void check_matches_log_domain(const Problem<T>& p, double rtol, Forward forward, Backward backward) {
   using namespace sinkhorn::cpu;
   const std::string where = " (" + p.describe() + ")";
   const ForwardResult<T> log_fw = sktest::run_forward(p, with_cost_matrix<T, log_domain_forward<T>>);
-  const ForwardResult<T> scaled_fw = sktest::run_forward(p, with_cost_matrix<T, scaling_forward<T>>);
+  const ForwardResult<T> scaled_fw = sktest::run_forward(p, forward);
   // Potentials are compared relative to their own scale (max C + eps, as the naive tests do).
   const double potential_scale = std::max(max_abs(log_fw.u), max_abs(log_fw.v)) + p.eps;
   SK_CHECK(max_rel_diff(scaled_fw.W, log_fw.W) <= rtol) << "W" << where;
@@ -51,7 +61,7 @@ void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
   std::vector<T> grad_cost(static_cast<std::size_t>(p.B));
   for (int64_t b = 0; b < p.B; ++b) grad_cost[b] = T(1) - T(0.4) * T(b);
   const Grads<T> log_g = sktest::run_backward(p, log_fw, grad_cost, with_cost_matrix<T, log_domain_backward<T>>);
-  const Grads<T> scaled_g = sktest::run_backward(p, log_fw, grad_cost, with_cost_matrix<T, scaling_backward<T>>);
+  const Grads<T> scaled_g = sktest::run_backward(p, log_fw, grad_cost, backward);
   const double scale = std::max({max_abs(log_g.x), max_abs(log_g.y), max_abs(log_g.a), max_abs(log_g.b)});
   SK_CHECK(max_rel_diff(scaled_g.x, log_g.x, scale) <= rtol) << "grad_x" << where;
   SK_CHECK(max_rel_diff(scaled_g.y, log_g.y, scale) <= rtol) << "grad_y" << where;
@@ -59,6 +69,19 @@ void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
   SK_CHECK(max_rel_diff(scaled_g.b, log_g.b, scale) <= rtol) << "grad_y_weights" << where;
   sktest::info(p.describe() + ": W " + sktest::fmt(max_rel_diff(scaled_fw.W, log_fw.W)) +
                ", gradients " + sktest::fmt(max_rel_diff(scaled_g.x, log_g.x, scale)));
+}
+
+template <typename T>
+void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
+  using namespace sinkhorn::cpu;
+  check_matches_log_domain(p, rtol, with_cost_matrix<T, scaling_forward<T>>,
+                           with_cost_matrix<T, scaling_backward<T>>);
+}
+
+template <typename T>
+void check_online_matches_log_domain(const Problem<T>& p, double rtol) {
+  using namespace sinkhorn::cpu;
+  check_matches_log_domain(p, rtol, online<T, sinkhorn_forward<T>>, online<T, sinkhorn_backward<T>>);
 }
 
 // Sizes around the four-row blocks of matvec and the 128-column blocks; eps up to the bound.
@@ -143,4 +166,40 @@ SK_TEST(strategies, dispatch_uses_the_log_domain_past_the_bound) {
   const ForwardResult<float> dispatched = sktest::run_forward(pf, sinkhorn_forward<float>);
   const ForwardResult<float> log_domain = sktest::run_forward(pf, with_cost_matrix<float, log_domain_forward<float>>);
   SK_CHECK(dispatched.W == log_domain.W && dispatched.u == log_domain.u && dispatched.v == log_domain.v);
+}
+
+SK_TEST(online, double_matches_log_domain) {
+  for (const auto& p : strategy_problems<double>()) check_online_matches_log_domain(p, 1e-12);
+  // Pieces of 512 points: 1100 and 513 cross them; eps small enough for the log domain.
+  for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    check_online_matches_log_domain(make_problem<double>(1, 513, 1100, 2, 3, 0.02, cost, 61), 1e-12);
+    check_online_matches_log_domain(with_zero_weights(make_problem<double>(2, 9, 11, 2, 5, 0.3, cost, 41)), 1e-12);
+  }
+}
+
+SK_TEST(online, float_matches_log_domain) {
+  for (const auto& p : strategy_problems<float>()) check_online_matches_log_domain(p, 5e-5);
+}
+
+SK_TEST(online, thread_counts_agree_to_rounding) {
+  // The column sums of the backward are per thread: bitwise per thread count, and equal
+  // across counts to rounding.
+  ThreadCountGuard guard;
+  const Problem<double> p = make_problem<double>(2, 301, 517, 3, 4, 0.1, Cost::kEuclidean, 9);
+  auto run = [&](int threads) {
+    at::set_num_threads(threads);
+    const ForwardResult<double> fw = sktest::run_forward(p, online<double, sinkhorn::cpu::sinkhorn_forward<double>>);
+    return std::make_pair(fw, sktest::run_backward(p, fw, {1.0, 0.5}, online<double, sinkhorn::cpu::sinkhorn_backward<double>>));
+  };
+  const auto [f1, g1] = run(1);
+  for (int threads : {2, 3}) {
+    const auto [fk, gk] = run(threads);
+    SK_CHECK(fk.W == f1.W && fk.u == f1.u && fk.v == f1.v) << threads << " threads, forward";
+    for (const auto& [got, expected] : {std::make_pair(&gk.x, &g1.x), std::make_pair(&gk.y, &g1.y),
+                                        std::make_pair(&gk.a, &g1.a), std::make_pair(&gk.b, &g1.b)})
+      SK_CHECK(max_rel_diff(*got, *expected) <= 1e-12)
+          << threads << " threads, backward: " << max_rel_diff(*got, *expected);
+    const auto [fk2, gk2] = run(threads);
+    SK_CHECK(gk2.x == gk.x && gk2.y == gk.y) << threads << " threads, repeated";
+  }
 }
