@@ -32,10 +32,12 @@ import sys
 import torch
 
 import sinkhorn_ext as sk
+from benchmarks import online_scale
 from benchmarks.peak_memory import peak_extra_mb
 from benchmarks.suite import (
-    FUSED_BACKENDS, GRIDS, MODES, PHYSICAL_LIMIT_TARGET, TARGETS, Config, cuda_unavailable_reason,
-    default_memory_budget, grid, grid_name, implementations, make_problem, median_ms, step,
+    FUSED_BACKENDS, GRIDS, MODES, PHYSICAL_LIMIT_TARGET, TARGETS, Config, auto_backend,
+    cuda_unavailable_reason, default_memory_budget, grid, grid_name, implementations,
+    make_problem, median_ms, step,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,10 +88,11 @@ How the figures are made:
 - **Speed-up.** The faster baseline's time (reference or Alg. 2 scaling) divided by the fused
   time.
 - **Peak extra memory.** One forward + backward in a fresh process per configuration and
-  implementation. On the CPU it is the resident-set peak (`getrusage` `ru_maxrss`) minus the
-  peak before the call, which is taken after the imports and the data. A call that needs less
-  than the imports' own transient peak (a few MB) reads 0. On CUDA it is torch's peak
-  allocated memory minus what was allocated before the call.
+  implementation. On the CPU it is the resident-set peak during the call (VmHWM, reset through
+  `/proc/self/clear_refs` after the imports and the data) minus the resident set before it.
+  Allocators make it vary from run to run by up to about a factor of two. On CUDA it is torch's
+  peak allocated memory minus what was allocated before the call.
+- **Targets.** Those of issue 4, for the backend that `backend="auto"` picks at that size.
 - **Skips.** An implementation is skipped where its estimated peak memory exceeds the budget
   (half the machine's memory unless `SINKHORN_BENCH_MEMORY_GB` says otherwise; the reference
   keeps about 2L copies of each m×n matrix), and where it does not apply (the notes say why).
@@ -158,6 +161,7 @@ def measure_configuration(problem, impls, args, budget):
     target = TARGETS.get(c)
     entry = {"m": c.m, "n": c.m, "d": c.d, "iters": c.iters, "eps": c.eps,
              "target": None if target is None else vars(target),
+             "auto_backend": auto_backend(problem),
              "times_ms": {}, "peak_memory_mb": {}, "skipped": {}, "memory_failed": {},
              "notes": {}}
     for impl in impls:
@@ -367,7 +371,8 @@ def render_results(results, png, markdown_dir):
             t = e["target"]
             label = _config_label(e) + (f" ({t['label']})" if t["label"] else "")
             base_name, base = _faster_baseline(e, baselines, "forward_backward")
-            for name in fused:
+            # The targets are the package's: the backend that backend="auto" runs here.
+            for name in [n for n in fused if n == f"fused-{e['auto_backend']}"]:
                 row = [label, f"{e['eps']:g}", titles[name]]
                 if base is None or name not in e["times_ms"]:
                     rows.append(row + [f"≥ {t['speedup']:g}×", "n/a", "n/a"])
@@ -447,7 +452,8 @@ def render_markdown(out_dir, markdown_path):
     """The preamble, then a section per result JSON in out_dir: CPU before GPU, the targets
     first."""
     paths = {path: json.loads(path.read_text())
-             for path in pathlib.Path(out_dir).glob("*.json")}
+             for path in pathlib.Path(out_dir).glob("*.json")
+             if not path.name.startswith(online_scale.RESULT_PREFIX)}
     if not paths:  # rather than replace the markdown's figures with none
         sys.exit(f"no result JSONs in {out_dir}: run the report first")
     grid_order = [*GRIDS, "custom"]
@@ -458,6 +464,7 @@ def render_markdown(out_dir, markdown_path):
     for path in ordered:
         lines += render_results(paths[path], path.with_suffix(".png"),
                                 pathlib.Path(markdown_path).resolve().parent)
+    lines += online_scale.render(out_dir)
     if not any(r["device"] == "cuda" for r in results):
         lines += ["## GPU", "", "Not measured yet. The figures come from "
                   "`python -m benchmarks.report --device cuda`, with the GPU named here.", ""]

@@ -194,15 +194,25 @@ def _itemsize(problem: Problem) -> int:
     return problem.x.element_size()
 
 
+def auto_backend(problem: Problem) -> str:
+    """The backend that sinkhorn_loss(..., backend="auto") runs for this problem."""
+    inputs = sk.api.prepare(problem.x, problem.y)
+    return sk.api.resolve_backend("auto", inputs)
+
+
 def _fused(backend: str) -> Implementation:
     def prepare(problem):
         c = problem.config
         return (lambda x, y: sk.sinkhorn_loss(x, y, eps=c.eps, iters=c.iters, backend=backend)), ""
 
-    # Four m x n arrays for the backward of one term at a time, and allocator slack (an upper
-    # bound for a backend that keeps none).
-    return Implementation(f"fused-{backend}", "fused", f"fused {backend}", prepare,
-                          lambda p: 8 * p.config.m ** 2 * _itemsize(p))
+    def peak_bytes(problem):
+        m, itemsize = problem.config.m, _itemsize(problem)
+        if backend == "online":  # the histories of the three terms, and per-thread sums
+            return (6 * problem.config.iters + 16 * (problem.config.d + 1)) * m * itemsize + 2**26
+        # Three m x n arrays for one term at a time, and allocator slack.
+        return 8 * m ** 2 * itemsize
+
+    return Implementation(f"fused-{backend}", "fused", f"fused {backend}", prepare, peak_bytes)
 
 
 def _prepare_reference(problem):

@@ -88,3 +88,17 @@ def test_report_on_cuda_without_a_gpu_says_why(suite):
         pytest.skip("a GPU and CUDA kernels are here: the report would run")
     result = _run("-m", "benchmarks.report", "--device", "cuda", "--out", "/nonexistent")
     assert result.returncode == 1 and "--device cuda:" in result.stderr
+
+
+def test_online_scale_smoke_run_writes_its_result_and_section(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import online_scale
+
+    result = _run("-m", "benchmarks.online_scale", "--m", "300", "--iters", "2", "--out",
+                  str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob(online_scale.RESULT_PREFIX + "*.json")
+    figures = json.loads(path.read_text())
+    assert figures["m"] == 300 and figures["gradient_finite"] and figures["total_s"] > 0
+    section = "\n".join(online_scale.render(tmp_path))
+    assert "online backend at scale" in section and "| 300 | 3 | 2 |" in section

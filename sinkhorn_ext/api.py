@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import check_backend, check_options, prepare
+from sinkhorn_ext._inputs import Inputs, check_backend, check_options, prepare
 from sinkhorn_ext._ops import check_device, ops
 
 DEFAULT_EPS = 0.1
 DEFAULT_ITERS = 20
 
-# backend="auto": the tensorized backend is the faster wherever its m x n arrays fit (a
-# multiply-add per element and half-step where the online backend recomputes a cost and an
-# exp; BENCHMARKS.md), so the online one takes over only when those arrays (about three of
-# B x m x n per problem) would pass this size, or where the tensorized ones do not fit anyway.
+# backend="auto" is tensorized while its m x n arrays (about three of B x m x n per problem)
+# stay within this size: it is the faster, with a multiply-add per element and half-step where
+# the online backend recomputes a cost and an exp (BENCHMARKS.md). Beyond, online, whose memory
+# is linear in m + n.
 TENSORIZED_MAX_BYTES = 2**30
 
 
-def _backend(backend: str, inputs) -> str:
-    """The backend "auto" stands for, for these (batched) inputs."""
+def resolve_backend(backend: str, inputs: Inputs) -> str:
+    """The backend that `backend` names for these inputs (from _inputs.prepare): itself, or for
+    "auto" the one the rule above picks."""
     if backend != "auto":
         return backend
     if inputs.x.device.type != "cpu":  # the online backend has CPU kernels only, for now
@@ -68,7 +69,7 @@ def sinkhorn_cost(
     inputs = prepare(x, y, x_weights, y_weights)
     return inputs.finish(
         _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost,
-              _backend(backend, inputs))
+              resolve_backend(backend, inputs))
     )
 
 
@@ -94,6 +95,6 @@ def sinkhorn_loss(
     check_device(inputs.x.device)
     # One op for the three terms: one call, one saved context, and on the CPU the three
     # problems run at once when they are small.
-    loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights,
-                             float(eps), iters, cost, _backend(backend, inputs))[0]
+    loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, float(eps),
+                             iters, cost, resolve_backend(backend, inputs))[0]
     return inputs.finish(loss)
