@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/cost.h"
@@ -37,6 +38,31 @@ struct Cloud {
 template <typename T>
 void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int64_t r1,
                int64_t c0, int64_t c1, Cost cost, T* out, int64_t out_stride);
+
+// The cost matrix C[b, r, c] = c(a_r, b_c) as the strategies read it: stored (B, rows, cols),
+// or, where a cost is as cheap to recompute as to read (d < kGemmMinDim), computed from the
+// clouds tile by tile, so that no m x n array of costs is kept.
+template <typename T>
+class Costs {
+ public:
+  Costs(const Cloud<T>& a, const Cloud<T>& b, Cost cost, const T* stored)
+      : a_(a), b_(b), cost_(cost), stored_(stored) {}
+
+  // C[bi, r0:r1, c0:c1]: a pointer to it and its row stride. Unless stored, it is computed
+  // into scratch, (r1 - r0) x (c1 - c0).
+  std::pair<const T*, int64_t> tile(int64_t bi, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                    T* scratch) const {
+    if (stored_ != nullptr) return {stored_ + (bi * a_.count + r0) * b_.count + c0, b_.count};
+    cost_tile(a_, b_, bi, r0, r1, c0, c1, cost_, scratch, c1 - c0);
+    return {scratch, c1 - c0};
+  }
+
+ private:
+  const Cloud<T>& a_;
+  const Cloud<T>& b_;
+  Cost cost_;
+  const T* stored_;
+};
 
 // M[b, r, c] = c(a_r, b_c), (B, rows, cols).
 template <typename T>

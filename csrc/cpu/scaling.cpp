@@ -7,7 +7,8 @@
 // strategy, with every exp((s_r + h_c - C_rc) / eps) written as exp(-C_rc / eps) times a
 // factor of the row and a factor of the column. Each reverse step is then a product with K or
 // K^T, and its contribution to dW/dC is K times a rank-one matrix; dW/dC is formed once at the
-// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors.
+// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors. K is the
+// one m x n array kept: C is read through Costs, recomputed by tiles for small d.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -16,6 +17,7 @@
 #include "core/cost.h"
 #include "core/softmin.h"
 #include "cpu/blas.h"
+#include "cpu/cost_matrix.h"
 #include "cpu/parallel.h"
 #include "cpu/rows.h"
 #include "cpu/strategies.h"
@@ -34,52 +36,96 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
   }
 }
 
-// No second factor Q in column_products and row_products.
-template <typename T>
-constexpr const T* kNoFactor = nullptr;
+// Rows of costs are read kTileRows at a time (cpu/cost_matrix.h Costs), into a scratch tile
+// per thread where they are recomputed.
+constexpr int64_t kTileRows = 32;
 
-// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols) (with Q: sum_r M Q v), by blocks
-// of columns, each reading its stripe of every row; then finish(b, c) for each column.
+template <typename T>
+T* cost_scratch(int64_t cols) {
+  thread_local std::vector<T> scratch;
+  scratch.resize(static_cast<std::size_t>(kTileRows * cols));
+  return scratch.data();
+}
+
+// Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel.
+template <typename Fn>
+void for_each_tile(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
+  for_each_row_range(batch, rows, row_work, [&](int64_t b, int64_t r0, int64_t r1) {
+    for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) fn(b, t0, std::min(r1, t0 + kTileRows));
+  });
+}
+
+// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols), by blocks of columns, each
+// reading its stripe of every row; then finish(b, c) for each column.
 template <typename T, typename Finish>
-void column_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows,
-                     int64_t cols, T* out, const Finish& finish) {
+void column_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
+                     const Finish& finish) {
   for_each_column_block(batch, cols, rows, [&](int64_t b, int64_t c0, int64_t c1) {
     T* acc = out + b * cols + c0;
     const int width = static_cast<int>(c1 - c0);
     std::fill(acc, acc + width, T(0));
-    const int64_t offset = b * rows * cols + c0;
-    if (Q == nullptr) {
-      matvec_transposed(M + offset, static_cast<int>(rows), cols, width, v + b * rows, acc);
-    } else {
-      matvec_transposed_product(M + offset, Q + offset, static_cast<int>(rows), cols, width,
-                                v + b * rows, acc);
-    }
+    matvec_transposed(M + b * rows * cols + c0, static_cast<int>(rows), cols, width,
+                      v + b * rows, acc);
     for (int64_t c = c0; c < c1; ++c) finish(b, c);
   });
 }
 
-// out[b, r] = sum_c M[b, r, c] v[b, c] (with Q: sum_c M Q v), then finish(b, r) for each row.
+// out[b, r] = sum_c M[b, r, c] v[b, c] for M (B, rows, cols), then finish(b, r) for each row.
 template <typename T, typename Finish>
-void row_products(const T* M, const T* Q, const T* v, int64_t batch, int64_t rows, int64_t cols,
-                  T* out, const Finish& finish) {
-  for_each_row_range(batch, rows, Q == nullptr ? cols : 2 * cols,
-                     [&](int64_t b, int64_t r0, int64_t r1) {
-    const int64_t offset = (b * rows + r0) * cols;
-    const int count = static_cast<int>(r1 - r0), n = static_cast<int>(cols);
-    if (Q == nullptr) {
-      matvec(M + offset, count, n, v + b * cols, out + b * rows + r0);
-    } else {
-      matvec_product(M + offset, Q + offset, count, n, v + b * cols, out + b * rows + r0);
-    }
+void row_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
+                  const Finish& finish) {
+  for_each_row_range(batch, rows, cols, [&](int64_t b, int64_t r0, int64_t r1) {
+    matvec(M + (b * rows + r0) * cols, static_cast<int>(r1 - r0), static_cast<int>(cols),
+           v + b * cols, out + b * rows + r0);
     for (int64_t r = r0; r < r1; ++r) finish(b, r);
   });
 }
 
+// out[b, r] = sum_c C[b, r, c] K[b, r, c] v[b, c].
 template <typename T>
-void build_kernel_matrix(const T* C, int64_t batch, int64_t m, int64_t n, T eps, T* K) {
-  for_each_row(batch, m, kExpWork * n, [&](int64_t b, int64_t i) {
-    const int64_t row = (b * m + i) * n;
-    exp_affine(C + row, T(0), T(-1) / eps, static_cast<int>(n), K + row);
+void cost_kernel_row_products(const Costs<T>& C, const T* K, const T* v, int64_t batch,
+                              int64_t rows, int64_t cols, T* out) {
+  for_each_tile(batch, rows, 2 * cols, [&](int64_t b, int64_t r0, int64_t r1) {
+    const auto [C_tile, stride] = C.tile(b, r0, r1, 0, cols, cost_scratch<T>(cols));
+    (void)stride;  // a whole row: cols
+    matvec_product(C_tile, K + (b * rows + r0) * cols, static_cast<int>(r1 - r0),
+                   static_cast<int>(cols), v + b * cols, out + b * rows + r0);
+  });
+}
+
+// out[b, c] = sum_r C[b, r, c] K[b, r, c] v[b, r], by blocks of columns.
+template <typename T>
+void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int64_t batch,
+                                 int64_t rows, int64_t cols, T* out) {
+  for_each_column_block(batch, cols, 2 * rows, [&](int64_t b, int64_t c0, int64_t c1) {
+    const int64_t width = c1 - c0;
+    T* acc = out + b * cols + c0;
+    std::fill(acc, acc + width, T(0));
+    thread_local std::vector<T> product;  // C K on a tile
+    product.resize(static_cast<std::size_t>(kTileRows * width));
+    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+      const int64_t r1 = std::min(rows, r0 + kTileRows);
+      const auto [C_tile, stride] = C.tile(b, r0, r1, c0, c1, cost_scratch<T>(cols));
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* C_row = C_tile + (r - r0) * stride;
+        const T* K_row = K + (b * rows + r) * cols + c0;
+        T* out_row = product.data() + (r - r0) * width;
+        for (int64_t c = 0; c < width; ++c) out_row[c] = C_row[c] * K_row[c];
+      }
+      matvec_transposed(product.data(), static_cast<int>(r1 - r0), width,
+                        static_cast<int>(width), v + b * rows + r0, acc);
+    }
+  });
+}
+
+// K = exp(-C / eps).
+template <typename T>
+void build_kernel_matrix(const Costs<T>& C, int64_t batch, int64_t m, int64_t n, T eps, T* K) {
+  for_each_tile(batch, m, (kExpWork + 4) * n, [&](int64_t b, int64_t i0, int64_t i1) {
+    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, cost_scratch<T>(n));
+    for (int64_t i = i0; i < i1; ++i)
+      exp_affine(C_tile + (i - i0) * stride, T(0), T(-1) / eps, static_cast<int>(n),
+                 K + (b * m + i) * n);
   });
 }
 
@@ -94,7 +140,7 @@ std::vector<T> eps_log(const T* w, int64_t count, T eps) {
 }  // namespace
 
 template <typename T>
-void scaling_forward(const SinkhornParams<T>& p, const T* C) {
+void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
   const T eps = p.eps, inv_eps = T(1) / eps;
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);  // eps log alpha
@@ -109,14 +155,14 @@ void scaling_forward(const SinkhornParams<T>& p, const T* C) {
   for (int64_t l = 1; l <= L; ++l) {
     // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
     shifted_exp(g, B, n, eps, shift, e);
-    row_products(K, kNoFactor<T>, e, B, m, n, row, [&](int64_t b, int64_t i) {
+    row_products(K, e, B, m, n, row, [&](int64_t b, int64_t i) {
       const T u = scaled_softmin(row[b * m + i], shift[b], eps);
       p.u_history[(b * L + l - 1) * m + i] = u;
       f[b * m + i] = log_alpha[b * m + i] + u;
     });
     // g-update: v^l_j from the column j of K and f^l.
     shifted_exp(f, B, m, eps, shift, e);
-    column_products(K, kNoFactor<T>, e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
       const T v = scaled_softmin(column[b * n + j], shift[b], eps);
       p.v_history[(b * L + l - 1) * n + j] = v;
       g[b * n + j] = log_beta[b * n + j] + v;
@@ -125,18 +171,16 @@ void scaling_forward(const SinkhornParams<T>& p, const T* C) {
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
   // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
   shifted_exp(g, B, n, eps, shift, e);
-  row_products(C, K, e, B, m, n, row, [&](int64_t b, int64_t i) {
-    row[b * m + i] *= fast_exp((f[b * m + i] + shift[b]) * inv_eps);
-  });
+  cost_kernel_row_products(C, K, e, B, m, n, row);
   for (int64_t b = 0; b < B; ++b) {
     T w = T(0);
-    for (int64_t i = 0; i < m; ++i) w += row[b * m + i];
+    for (int64_t i = 0; i < m; ++i) w += fast_exp((f[b * m + i] + shift[b]) * inv_eps) * row[b * m + i];
     p.cost_out[b] = w;
   }
 }
 
 template <typename T>
-void scaling_backward(const SinkhornParams<T>& p, const T* C) {
+void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters, R = 2 * L;
   const T eps = p.eps, inv_eps = T(1) / eps;
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
@@ -169,14 +213,17 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < m; ++i)
       terminal_row[b * m + i] = fast_exp((f[b * m + i] + shift[b]) * inv_eps);
-  column_products(C, K, terminal_row, B, m, n, column, [&](int64_t b, int64_t j) {
-    // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
-    const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
-    psi[b * n + j] = expected_cost * inv_eps;
-    p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
-  });
+  cost_kernel_column_products(C, K, terminal_row, B, m, n, column);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < n; ++j) {
+      // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
+      const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
+      psi[b * n + j] = expected_cost * inv_eps;
+      p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
+    }
+  }
   // The terminal part of phi^L: sum_j C_ij K_ij terminal_column_j, per row.
-  row_products(C, K, terminal_column, B, m, n, row, [](int64_t, int64_t) {});
+  cost_kernel_row_products(C, K, terminal_column, B, m, n, row);
 
   for (int64_t l = L; l >= 1; --l) {
     const int64_t k = 2 * (L - l);  // the factors of this level: k (g-step), k + 1 (f-step)
@@ -186,7 +233,7 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
     for (int64_t b = 0; b < B; ++b) {
-      row_products(K + b * m * n, kNoFactor<T>, F + (b * R + k) * n, 1, m, n,
+      row_products(K + b * m * n, F + (b * R + k) * n, 1, m, n,
                    phi + b * m, [&](int64_t, int64_t i) {
         const int64_t bi = b * m + i;
         const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
@@ -204,7 +251,7 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
       e[bi] *= phi[bi];
       A[bi * R + k + 1] = e[bi];
     }
-    column_products(K, kNoFactor<T>, e, B, m, n, column, [&](int64_t b, int64_t j) {
+    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
       const int64_t bj = b * n + j;
       const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
       const T previous_g = l > 1 ? log_beta[bj] + s : T(0);
@@ -218,28 +265,31 @@ void scaling_backward(const SinkhornParams<T>& p, const T* C) {
     if (l > 1) load_potentials(l - 1);
   }
 
-  // H = dW/dC * k(C), written over K: the rank-2L part A F from BLAS, then row by row.
-  Buffer<T> rank_buffer(B * m * n);
-  T* rank = rank_buffer.get();
-  for (int64_t b = 0; b < B; ++b) matmul(A + b * m * R, F + b * R * n, m, R, n, rank + b * m * n);
-  for_each_row(B, m, 4 * n, [&](int64_t b, int64_t i) {
-    const int64_t bi = b * m + i;
-    const T* C_row = C + bi * n;
-    const T* rank_row = rank + bi * n;
+  // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F of each tile from BLAS.
+  for_each_tile(B, m, (R + 8) * n, [&](int64_t b, int64_t i0, int64_t i1) {
+    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, cost_scratch<T>(n));
+    thread_local std::vector<T> rank_tile;
+    rank_tile.resize(static_cast<std::size_t>(kTileRows * n));
+    matmul(A + (b * m + i0) * R, F + b * R * n, i1 - i0, R, n, rank_tile.data());
     const T* column = terminal_column + b * n;
-    const T t_row = terminal_row[bi];
-    T* H_row = K + bi * n;
-    for (int64_t j = 0; j < n; ++j) {
-      const T dW_dC = H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
-      H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t bi = b * m + i;
+      const T* C_row = C_tile + (i - i0) * stride;
+      const T* rank_row = rank_tile.data() + (i - i0) * n;
+      const T t_row = terminal_row[bi];
+      T* H_row = K + bi * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const T dW_dC = H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
+        H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+      }
     }
   });
   finish_backward(p, K);
 }
 
-template void scaling_forward<float>(const SinkhornParams<float>&, const float*);
-template void scaling_forward<double>(const SinkhornParams<double>&, const double*);
-template void scaling_backward<float>(const SinkhornParams<float>&, const float*);
-template void scaling_backward<double>(const SinkhornParams<double>&, const double*);
+template void scaling_forward<float>(const SinkhornParams<float>&, const Costs<float>&);
+template void scaling_forward<double>(const SinkhornParams<double>&, const Costs<double>&);
+template void scaling_backward<float>(const SinkhornParams<float>&, const Costs<float>&);
+template void scaling_backward<double>(const SinkhornParams<double>&, const Costs<double>&);
 
 }  // namespace sinkhorn::cpu

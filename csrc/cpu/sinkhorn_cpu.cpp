@@ -13,21 +13,51 @@
 namespace sinkhorn::cpu {
 namespace {
 
-// C (B, m, n), and whether the scaling strategy is safe for it: max C / eps within
-// core/softmin.h's bound. A NaN anywhere makes it unsafe, and the log domain propagates it.
+// The largest of count costs, or NaN if any is NaN.
 template <typename T>
-bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
-  build_cost_matrix(Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d), p.cost,
-                    C);
-  const int64_t size = p.batch * p.m * p.n;
+T max_of_costs(const T* costs, int64_t count) {
   T max_cost = T(0);
   int nans = 0;
 #pragma omp simd reduction(max : max_cost) reduction(+ : nans)
-  for (int64_t k = 0; k < size; ++k) {
-    max_cost = C[k] > max_cost ? C[k] : max_cost;
-    nans += C[k] != C[k];
+  for (int64_t k = 0; k < count; ++k) {
+    max_cost = costs[k] > max_cost ? costs[k] : max_cost;
+    nans += costs[k] != costs[k];
   }
-  return nans == 0 && scaling_form_is_safe(max_cost / p.eps);
+  return nans == 0 ? max_cost : std::numeric_limits<T>::quiet_NaN();
+}
+
+// max C, from C's rows computed tile by tile and not kept.
+template <typename T>
+T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
+  constexpr int64_t kRows = 32;
+  std::vector<T> row_max(static_cast<std::size_t>(x.batch * x.count));
+  for_each_row_range(x.batch, x.count, y.count * (x.d + 1), [&](int64_t b, int64_t r0, int64_t r1) {
+    thread_local std::vector<T> tile;
+    tile.resize(static_cast<std::size_t>(kRows * y.count));
+    for (int64_t t0 = r0; t0 < r1; t0 += kRows) {
+      const int64_t t1 = std::min(r1, t0 + kRows);
+      cost_tile(x, y, b, t0, t1, 0, y.count, cost, tile.data(), y.count);
+      for (int64_t r = t0; r < t1; ++r)
+        row_max[b * x.count + r] = max_of_costs(tile.data() + (r - t0) * y.count, y.count);
+    }
+  });
+  return max_of_costs(row_max.data(), x.batch * x.count);
+}
+
+// Runs the scaling strategy where core/softmin.h proves it exact for this C (a NaN anywhere
+// rules it out, and the log domain propagates it), the log-domain one elsewhere. For small d
+// the scaling strategy recomputes C tile by tile, so that it keeps K alone; otherwise C is
+// built once.
+template <typename T, typename Scaling, typename LogDomain>
+void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling, const LogDomain& log_domain) {
+  const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
+  if (!x.by_products() && scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
+    return scaling(p, Costs<T>(x, y, p.cost, nullptr));
+  Buffer<T> C(p.batch * p.m * p.n);
+  build_cost_matrix(x, y, p.cost, C.get());
+  if (x.by_products() && scaling_form_is_safe(max_of_costs(C.get(), p.batch * p.m * p.n) / p.eps))
+    return scaling(p, Costs<T>(x, y, p.cost, C.get()));
+  log_domain(p, C.get());
 }
 
 }  // namespace
@@ -35,23 +65,13 @@ bool build_cost_and_choose_scaling(const SinkhornParams<T>& p, T* C) {
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
   if (p.online) return online_forward(p);
-  Buffer<T> C(p.batch * p.m * p.n);
-  if (build_cost_and_choose_scaling(p, C.get())) {
-    scaling_forward(p, C.get());
-  } else {
-    log_domain_forward(p, C.get());
-  }
+  run_tensorized(p, scaling_forward<T>, log_domain_forward<T>);
 }
 
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p) {
   if (p.online) return online_backward(p);
-  Buffer<T> C(p.batch * p.m * p.n);
-  if (build_cost_and_choose_scaling(p, C.get())) {
-    scaling_backward(p, C.get());
-  } else {
-    log_domain_backward(p, C.get());
-  }
+  run_tensorized(p, scaling_backward<T>, log_domain_backward<T>);
 }
 
 template <typename T>

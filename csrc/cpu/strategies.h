@@ -7,19 +7,21 @@
 #pragma once
 
 #include "core/params.h"
+#include "cpu/cost_matrix.h"
 
 namespace sinkhorn::cpu {
 
-// C is (B, m, n); the forwards write cost_out, u_history and v_history, the backwards
+// C is (B, m, n), stored for the log domain, stored or recomputed for the scaling strategy,
+// which keeps K alone. The forwards write cost_out, u_history and v_history, the backwards
 // grad_x, grad_y, grad_x_weights and grad_y_weights. Scratch is their own.
 template <typename T>
 void log_domain_forward(const SinkhornParams<T>& p, const T* C);
 template <typename T>
 void log_domain_backward(const SinkhornParams<T>& p, const T* C);
 template <typename T>
-void scaling_forward(const SinkhornParams<T>& p, const T* C);
+void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C);
 template <typename T>
-void scaling_backward(const SinkhornParams<T>& p, const T* C);
+void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C);
 
 // The online backend (online.cpp): no m x n array; the costs are recomputed in every pass.
 template <typename T>

@@ -28,13 +28,25 @@ using sktest::max_abs;
 using sktest::max_rel_diff;
 using sktest::Problem;
 
+using sinkhorn::cpu::Cloud;
+using sinkhorn::cpu::Costs;
+
 // A strategy as a kernel of the shape tests/problems.h runs: it builds C itself.
 template <typename T, void (*Strategy)(const SinkhornParams<T>&, const T*)>
 void with_cost_matrix(const SinkhornParams<T>& p) {
   std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
-  sinkhorn::cpu::build_cost_matrix(sinkhorn::cpu::Cloud<T>(p.x, p.batch, p.m, p.d),
-                                   sinkhorn::cpu::Cloud<T>(p.y, p.batch, p.n, p.d), p.cost, C.data());
+  const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
+  sinkhorn::cpu::build_cost_matrix(x, y, p.cost, C.data());
   Strategy(p, C.data());
+}
+
+// The scaling strategy with C stored (Stored) or recomputed tile by tile.
+template <typename T, void (*Strategy)(const SinkhornParams<T>&, const Costs<T>&), bool Stored>
+void with_costs(const SinkhornParams<T>& p) {
+  std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
+  const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
+  if (Stored) sinkhorn::cpu::build_cost_matrix(x, y, p.cost, C.data());
+  Strategy(p, Costs<T>(x, y, p.cost, Stored ? C.data() : nullptr));
 }
 
 // The online backend as a kernel: its switch is in the params.
@@ -74,8 +86,10 @@ void check_matches_log_domain(const Problem<T>& p, double rtol, Forward forward,
 template <typename T>
 void check_scaling_matches_log_domain(const Problem<T>& p, double rtol) {
   using namespace sinkhorn::cpu;
-  check_matches_log_domain(p, rtol, with_cost_matrix<T, scaling_forward<T>>,
-                           with_cost_matrix<T, scaling_backward<T>>);
+  check_matches_log_domain(p, rtol, with_costs<T, scaling_forward<T>, true>,
+                           with_costs<T, scaling_backward<T>, true>);
+  check_matches_log_domain(p, rtol, with_costs<T, scaling_forward<T>, false>,
+                           with_costs<T, scaling_backward<T>, false>);
 }
 
 template <typename T>
