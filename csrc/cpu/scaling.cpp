@@ -174,7 +174,8 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   cost_kernel_row_products(C, K, e, B, m, n, row);
   for (int64_t b = 0; b < B; ++b) {
     T w = T(0);
-    for (int64_t i = 0; i < m; ++i) w += fast_exp((f[b * m + i] + shift[b]) * inv_eps) * row[b * m + i];
+    for (int64_t i = 0; i < m; ++i)
+      w += fast_exp((f[b * m + i] + shift[b]) * inv_eps) * row[b * m + i];
     p.cost_out[b] = w;
   }
 }

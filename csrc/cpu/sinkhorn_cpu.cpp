@@ -49,7 +49,8 @@ T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
 // the scaling strategy recomputes C tile by tile, so that it keeps K alone; otherwise C is
 // built once.
 template <typename T, typename Scaling, typename LogDomain>
-void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling, const LogDomain& log_domain) {
+void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
+                    const LogDomain& log_domain) {
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
   if (!x.by_products() && scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
