@@ -23,16 +23,7 @@
 namespace sinkhorn::cpu {
 namespace {
 
-constexpr int64_t kPiece = 512;    // points of the other cloud per tile
-constexpr int64_t kTileRows = 32;  // points of this cloud per tile
-
-// Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel.
-template <typename Fn>
-void for_each_tile(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
-  for_each_row_range(batch, rows, row_work, [&](int64_t b, int64_t r0, int64_t r1) {
-    for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) fn(b, t0, std::min(r1, t0 + kTileRows));
-  });
-}
+constexpr int64_t kPiece = 512;  // points of the other cloud per tile (of kTileRows points)
 
 // A tile of costs and one of adjoint terms, per thread.
 template <typename T>

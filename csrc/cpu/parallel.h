@@ -65,6 +65,17 @@ void for_each_row_range(int64_t batch, int64_t rows, int64_t row_work, const Fn&
   });
 }
 
+// Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel: the
+// unit of the passes that compute costs on the fly (cpu/cost_matrix.h cost_tile).
+constexpr int64_t kTileRows = 32;
+
+template <typename Fn>
+void for_each_tile(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
+  for_each_row_range(batch, rows, row_work, [&](int64_t b, int64_t r0, int64_t r1) {
+    for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) fn(b, t0, std::min(r1, t0 + kTileRows));
+  });
+}
+
 // Uninitialised scratch (std::vector would spend a pass zeroing it).
 template <typename T>
 class Buffer {

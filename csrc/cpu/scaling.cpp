@@ -7,8 +7,8 @@
 // strategy, with every exp((s_r + h_c - C_rc) / eps) written as exp(-C_rc / eps) times a
 // factor of the row and a factor of the column. Each reverse step is then a product with K or
 // K^T, and its contribution to dW/dC is K times a rank-one matrix; dW/dC is formed once at the
-// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors. K is the
-// one m x n array kept: C is read through Costs, recomputed by tiles for small d.
+// end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors. C is read
+// through Costs; recomputed by tiles (large C, small d), it leaves K the one m x n array kept.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -36,23 +36,13 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
   }
 }
 
-// Rows of costs are read kTileRows at a time (cpu/cost_matrix.h Costs), into a scratch tile
-// per thread where they are recomputed.
-constexpr int64_t kTileRows = 32;
-
+// Rows of costs are read a tile at a time (cpu/cost_matrix.h Costs), into a scratch tile per
+// thread where they are recomputed.
 template <typename T>
 T* cost_scratch(int64_t cols) {
   thread_local std::vector<T> scratch;
   scratch.resize(static_cast<std::size_t>(kTileRows * cols));
   return scratch.data();
-}
-
-// Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel.
-template <typename Fn>
-void for_each_tile(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) {
-  for_each_row_range(batch, rows, row_work, [&](int64_t b, int64_t r0, int64_t r1) {
-    for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) fn(b, t0, std::min(r1, t0 + kTileRows));
-  });
 }
 
 // out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols), by blocks of columns, each

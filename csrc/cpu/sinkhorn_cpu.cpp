@@ -29,34 +29,35 @@ T max_of_costs(const T* costs, int64_t count) {
 // max C, from C's rows computed tile by tile and not kept.
 template <typename T>
 T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
-  constexpr int64_t kRows = 32;
   std::vector<T> row_max(static_cast<std::size_t>(x.batch * x.count));
-  for_each_row_range(x.batch, x.count, y.count * (x.d + 1), [&](int64_t b, int64_t r0, int64_t r1) {
+  for_each_tile(x.batch, x.count, y.count * (x.d + 1), [&](int64_t b, int64_t r0, int64_t r1) {
     thread_local std::vector<T> tile;
-    tile.resize(static_cast<std::size_t>(kRows * y.count));
-    for (int64_t t0 = r0; t0 < r1; t0 += kRows) {
-      const int64_t t1 = std::min(r1, t0 + kRows);
-      cost_tile(x, y, b, t0, t1, 0, y.count, cost, tile.data(), y.count);
-      for (int64_t r = t0; r < t1; ++r)
-        row_max[b * x.count + r] = max_of_costs(tile.data() + (r - t0) * y.count, y.count);
-    }
+    tile.resize(static_cast<std::size_t>(kTileRows * y.count));
+    cost_tile(x, y, b, r0, r1, 0, y.count, cost, tile.data(), y.count);
+    for (int64_t r = r0; r < r1; ++r)
+      row_max[b * x.count + r] = max_of_costs(tile.data() + (r - r0) * y.count, y.count);
   });
   return max_of_costs(row_max.data(), x.batch * x.count);
 }
 
+// Up to this many costs C is kept (it stays in cache, and reading it beats recomputing it).
+constexpr int64_t kStoredCostsMax = int64_t{1} << 20;
+
 // Runs the scaling strategy where core/softmin.h proves it exact for this C (a NaN anywhere
-// rules it out, and the log domain propagates it), the log-domain one elsewhere. For small d
-// the scaling strategy recomputes C tile by tile, so that it keeps K alone; otherwise C is
-// built once.
+// rules it out, and the log domain propagates it), the log-domain one elsewhere. Where C is
+// large and d small, the scaling strategy recomputes C tile by tile, so that it keeps K
+// alone; otherwise C is built once.
 template <typename T, typename Scaling, typename LogDomain>
 void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
                     const LogDomain& log_domain) {
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
-  if (!x.by_products() && scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
+  const int64_t size = p.batch * p.m * p.n;
+  if (!x.by_products() && size > kStoredCostsMax &&
+      scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
-  Buffer<T> C(p.batch * p.m * p.n);
+  Buffer<T> C(size);
   build_cost_matrix(x, y, p.cost, C.get());
-  if (x.by_products() && scaling_form_is_safe(max_of_costs(C.get(), p.batch * p.m * p.n) / p.eps))
+  if (scaling_form_is_safe(max_of_costs(C.get(), size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C.get()));
   log_domain(p, C.get());
 }

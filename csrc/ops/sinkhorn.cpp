@@ -204,6 +204,13 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
   }
 }
 
+// Hands out consecutive pieces of one workspace allocation.
+template <typename T>
+struct Carve {
+  T* next;
+  T* operator()(int64_t size) { return std::exchange(next, next + size); }
+};
+
 // Runs the forward of every problem; fills their histories and returns their W_L (B,).
 std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>& problems,
                                     double eps, int64_t iters, Cost cost, bool online) {
@@ -223,8 +230,7 @@ std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>
       at::Tensor workspace;
       if (kernels.needs_workspace) {  // C, C^T, f, g, the column costs
         workspace = at::empty({2 * B * m * n + B * m + 2 * B * n}, pr.x.options());
-        scalar_t* next = workspace.mutable_data_ptr<scalar_t>();
-        auto take = [&](int64_t size) { return std::exchange(next, next + size); };
+        Carve<scalar_t> take{workspace.mutable_data_ptr<scalar_t>()};
         p.cost_matrix = take(B * m * n);
         p.cost_matrix_t = take(B * n * m);
         p.f = take(B * m);
@@ -264,8 +270,7 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
       if (kernels.needs_workspace) {  // C, C^T, f, g, phi, psi; the zeroed gradient matrices
         workspace = at::empty({2 * B * m * n + 2 * B * m + 2 * B * n}, pr.x.options());
         grad_matrices = at::zeros({2 * B * m * n}, pr.x.options());
-        scalar_t* next = workspace.mutable_data_ptr<scalar_t>();
-        auto take = [&](int64_t size) { return std::exchange(next, next + size); };
+        Carve<scalar_t> take{workspace.mutable_data_ptr<scalar_t>()};
         p.cost_matrix = take(B * m * n);
         p.cost_matrix_t = take(B * n * m);
         p.f = take(B * m);
