@@ -1,6 +1,7 @@
 // How the CPU kernels split work over threads, and their scratch buffers. Every output
-// element is computed by one thread in a fixed order, so results do not depend on the thread
-// count (DESIGN.md section 4).
+// element is computed by one thread in a fixed order, in blocks whose bounds do not depend on
+// the thread count, so results do not either (DESIGN.md section 4); the one exception is the
+// online backward's per-thread column sums (cpu/online.cpp), equal across counts to rounding.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -8,7 +9,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
-
 
 namespace sinkhorn::cpu {
 

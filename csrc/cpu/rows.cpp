@@ -86,10 +86,9 @@ SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int
   }
 }
 
-template <typename T, bool Product>
-SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, const T* __restrict__ P, int rows,
-                                      long stride, int width, const T* __restrict__ v,
-                                      T* __restrict__ acc) {
+template <typename T>
+SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, int rows, long stride, int width,
+                                      const T* __restrict__ v, T* __restrict__ acc) {
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
     const T* __restrict__ m0 = M + r * stride;
@@ -97,26 +96,14 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, const T* __restri
     const T* __restrict__ m2 = m1 + stride;
     const T* __restrict__ m3 = m2 + stride;
     const T v0 = v[r], v1 = v[r + 1], v2 = v[r + 2], v3 = v[r + 3];
-    if (Product) {
-      const T* __restrict__ p0 = P + r * stride;
-      const T* __restrict__ p1 = p0 + stride;
-      const T* __restrict__ p2 = p1 + stride;
-      const T* __restrict__ p3 = p2 + stride;
 #pragma omp simd
-      for (int c = 0; c < width; ++c)
-        acc[c] += v0 * (m0[c] * p0[c]) + v1 * (m1[c] * p1[c]) + v2 * (m2[c] * p2[c]) +
-                  v3 * (m3[c] * p3[c]);
-    } else {
-#pragma omp simd
-      for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c] + v1 * m1[c] + v2 * m2[c] + v3 * m3[c];
-    }
+    for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c] + v1 * m1[c] + v2 * m2[c] + v3 * m3[c];
   }
   for (; r < rows; ++r) {
     const T* __restrict__ m0 = M + r * stride;
-    const T* __restrict__ p0 = Product ? P + r * stride : nullptr;
     const T v0 = v[r];
 #pragma omp simd
-    for (int c = 0; c < width; ++c) acc[c] += v0 * (Product ? m0[c] * p0[c] : m0[c]);
+    for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c];
   }
 }
 
@@ -239,17 +226,10 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
   }                                                                                          \
   SK_CPU_CLONES void matvec_transposed(const T* M, int rows, long stride, int width,         \
                                        const T* v, T* acc) {                                 \
-    matvec_transposed_impl<T, false>(M, nullptr, rows, stride, width, v, acc);               \
-  }                                                                                          \
-  SK_CPU_CLONES void matvec_transposed_product(const T* A, const T* B, int rows, long stride,  \
-                                               int width, const T* v, T* acc) {              \
-    matvec_transposed_impl<T, true>(A, B, rows, stride, width, v, acc);                      \
+    matvec_transposed_impl(M, rows, stride, width, v, acc);                                  \
   }                                                                                          \
   SK_CPU_CLONES T dot(const T* __restrict__ a, const T* __restrict__ b, int n) {             \
     return lane_dot<T, false>(a, b, nullptr, n);                                             \
-  }                                                                                          \
-  SK_CPU_CLONES void add_scaled(T alpha, const T* __restrict__ v, int n, T* __restrict__ acc) { \
-    _Pragma("omp simd") for (int c = 0; c < n; ++c) acc[c] += alpha * v[c];                  \
   }
 
 SK_DEFINE_ROWS(float)

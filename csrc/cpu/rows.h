@@ -63,16 +63,8 @@ void matvec_transposed(const float* M, int rows, long stride, int width, const f
                        float* acc);
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
                        double* acc);
-// acc_c += sum_r v_r A[r * stride + c] B[r * stride + c] for c < width, likewise
-void matvec_transposed_product(const float* A, const float* B, int rows, long stride, int width,
-                               const float* v, float* acc);
-void matvec_transposed_product(const double* A, const double* B, int rows, long stride,
-                               int width, const double* v, double* acc);
 // sum_c a_c b_c
 float dot(const float* a, const float* b, int n);
 double dot(const double* a, const double* b, int n);
-// acc_c += alpha v_c
-void add_scaled(float alpha, const float* v, int n, float* acc);
-void add_scaled(double alpha, const double* v, int n, double* acc);
 
 }  // namespace sinkhorn::cpu
