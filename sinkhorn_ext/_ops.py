@@ -76,11 +76,11 @@ def _sinkhorn_loss_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, x_weights, y_weights, eps, _iters, cost, *backend = inputs
+    x, y, x_weights, y_weights, eps, _iters, cost, backend = inputs  # defaults filled in
     histories = output[1:]
     ctx.mark_non_differentiable(*histories)
     ctx.save_for_backward(x, y, x_weights, y_weights, *histories)
-    ctx.eps, ctx.cost, ctx.backend = eps, cost, backend[0] if backend else "tensorized"
+    ctx.eps, ctx.cost, ctx.backend = eps, cost, backend
 
 
 def _cost_backward(ctx, grad_cost, *_grad_histories):

@@ -10,22 +10,24 @@ from sinkhorn_ext._ops import check_device, ops
 DEFAULT_EPS = 0.1
 DEFAULT_ITERS = 20
 
-# backend="auto" is tensorized while its m x n arrays (about three of B x m x n per problem)
-# stay within this size: it is the faster, with a multiply-add per element and half-step where
-# the online backend recomputes a cost and an exp (BENCHMARKS.md). Beyond, online, whose memory
-# is linear in m + n.
+# backend="auto" is tensorized while its m x n arrays (at most four of B x m x n, for the
+# problem at hand; the loss's largest is W(x, x) or W(y, y)) stay within this size: it is the
+# faster, reading each cost or exp(-C / eps) from memory where the online backend recomputes
+# it in every pass (BENCHMARKS.md). Beyond, online, whose memory is linear in m + n.
 TENSORIZED_MAX_BYTES = 2**30
 
 
-def resolve_backend(backend: str, inputs: Inputs) -> str:
-    """The backend that `backend` names for these inputs (from _inputs.prepare): itself, or for
-    "auto" the one the rule above picks."""
+def resolve_backend(backend: str, inputs: Inputs, *, loss: bool) -> str:
+    """The backend that `backend` names for these inputs (from _inputs.prepare) of
+    sinkhorn_loss (loss=True) or sinkhorn_cost: itself, or for "auto" the one the rule above
+    picks."""
     if backend != "auto":
         return backend
     if inputs.x.device.type != "cpu":  # the online backend has CPU kernels only, for now
         return "tensorized"
     batch, m, n = inputs.x.shape[0], inputs.x.shape[1], inputs.y.shape[1]
-    size = 3 * batch * max(m, n) ** 2 * inputs.x.element_size()
+    pairs = max(m, n) ** 2 if loss else m * n
+    size = 4 * batch * pairs * inputs.x.element_size()
     return "online" if size > TENSORIZED_MAX_BYTES else "tensorized"
 
 
@@ -57,7 +59,8 @@ def sinkhorn_cost(
         y_weights: probability vector beta, (n,) or (B, n); uniform 1/n if None.
         backend: "tensorized" builds the m x n cost matrix once per call; "online" recomputes
             the costs in every pass and needs memory linear in m + n (CPU only, for now);
-            "auto" (default) is tensorized unless its m x n arrays would pass 1 GiB.
+            "auto" (default) is tensorized unless its m x n arrays would pass 1 GiB
+            (TENSORIZED_MAX_BYTES).
 
     Returns:
         A 0-dim tensor, or shape (B,) for batched input, in the dtype of x. Differentiable
@@ -69,7 +72,7 @@ def sinkhorn_cost(
     inputs = prepare(x, y, x_weights, y_weights)
     return inputs.finish(
         _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost,
-              resolve_backend(backend, inputs))
+              resolve_backend(backend, inputs, loss=False))
     )
 
 
@@ -96,5 +99,5 @@ def sinkhorn_loss(
     # One op for the three terms: one call, one saved context, and on the CPU the three
     # problems run at once when they are small.
     loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, float(eps),
-                             iters, cost, resolve_backend(backend, inputs))[0]
+                             iters, cost, resolve_backend(backend, inputs, loss=True))[0]
     return inputs.finish(loss)

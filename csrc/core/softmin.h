@@ -128,9 +128,10 @@ SK_HOST_DEVICE SK_INLINE bool scaling_form_is_safe(T max_cost_over_eps) {
   return max_cost_over_eps <= kMaxRatio;
 }
 
-// softmin_row accumulated one term at a time with a running maximum (the online log-sum-exp
-// of FlashAttention and KeOps), for kernels that stream a row in pieces and cannot read it
-// twice. Terms with h = -inf (zero weight) are skipped; a NaN term makes the result NaN.
+// softmin_row accumulated with a running maximum (the online log-sum-exp of FlashAttention
+// and KeOps), for kernels that stream a row in pieces: one term at a time (CUDA), or a piece
+// summed on its own at a time (the CPU online backend). Terms with h = -inf (zero weight) are
+// skipped; a NaN term makes the result NaN.
 template <typename T, bool WithExpectedCost>
 struct OnlineSoftmin {
   T shift = -std::numeric_limits<T>::infinity();

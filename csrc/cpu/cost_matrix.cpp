@@ -19,11 +19,12 @@ constexpr double kRecomputeBelow = 1.0 / 32;
 
 template <typename T>
 Cloud<T>::Cloud(const T* points_, int64_t batch_, int64_t count_, int64_t d_)
-    : points(points_), batch(batch_), count(count_), d(d_),
-      transposed(static_cast<std::size_t>(batch_ * (d_ + 1) * count_)) {
+    : points(points_), batch(batch_), count(count_), d(d_) {
+  transposed.resize(static_cast<std::size_t>(batch * transposed_rows() * count));
   for (int64_t b = 0; b < batch; ++b) {
-    T* block = transposed.data() + b * (d + 1) * count;
+    T* block = transposed.data() + b * transposed_rows() * count;
     std::fill(block, block + count, T(1));
+    if (by_products()) continue;
     for (int64_t r = 0; r < count; ++r)
       for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = point(b, r)[k];
   }

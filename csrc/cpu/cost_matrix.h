@@ -19,18 +19,22 @@ struct Cloud {
   Cloud(const T* points, int64_t batch, int64_t count, int64_t d);
 
   const T* point(int64_t b, int64_t r) const { return points + (b * count + r) * d; }
+  bool by_products() const { return d >= kGemmMinDim; }
   // (d + 1, count) per batch: a row of ones, then the coordinates; row k + 1 holds
-  // coordinate k of every point, so that sums over the points run along rows.
+  // coordinate k of every point, so that sums over the points run along rows. by_products():
+  // the row of ones alone, as the products read the points themselves.
   const T* ones_and_coordinates(int64_t b) const {
-    return transposed.data() + b * (d + 1) * count;
+    return transposed.data() + b * transposed_rows() * count;
   }
   const T* coordinates(int64_t b) const { return ones_and_coordinates(b) + count; }
-  bool by_products() const { return d >= kGemmMinDim; }
 
   const T* points;
   int64_t batch, count, d;
-  std::vector<T> transposed;  // (B, d + 1, count)
+  std::vector<T> transposed;  // (B, transposed_rows(), count)
   std::vector<T> norms;       // (B, count) squared norms, if by_products()
+
+ private:
+  int64_t transposed_rows() const { return by_products() ? 1 : d + 1; }
 };
 
 // out[(r - r0) * out_stride + c - c0] = c(a_r, b_c) for the rows [r0, r1) of a and the points

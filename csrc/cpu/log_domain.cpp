@@ -12,11 +12,6 @@
 namespace sinkhorn::cpu {
 namespace {
 
-template <typename T>
-void add_log_weights(const T* weights, const T* potential, int64_t count, T eps, T* out) {
-  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(weights[k], potential[k], eps);
-}
-
 // C^T (B, n, m) from C (B, m, n), in 32 x 32 tiles.
 template <typename T>
 void transpose(const T* C, int64_t batch, int64_t m, int64_t n, T* Ct) {

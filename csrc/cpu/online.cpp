@@ -93,11 +93,6 @@ void adjoint_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, 
   }
 }
 
-template <typename T>
-void add_log_weights(const T* weights, const T* potential, int64_t count, T eps, T* out) {
-  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(weights[k], potential[k], eps);
-}
-
 // The work of one row against a cloud of count points: the costs and an exp per pair.
 int64_t row_work(int64_t count, int64_t d) { return count * (kExpWork + std::min<int64_t>(d, 64)); }
 

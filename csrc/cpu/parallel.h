@@ -1,7 +1,9 @@
 // How the CPU kernels split work over threads, and their scratch buffers. Every output
-// element is computed by one thread in a fixed order, in blocks whose bounds do not depend on
-// the thread count, so results do not either (DESIGN.md section 4); the one exception is the
-// online backward's per-thread column sums (cpu/online.cpp), equal across counts to rounding.
+// element is computed by one thread in a fixed order, so results are bitwise repeatable for a
+// thread count (DESIGN.md section 4). Row ranges start at block multiples, so that the row
+// kernels treat each row alike whatever the count; where results still depend on the count
+// (the tile shapes of the BLAS products, the online backward's per-thread column sums), they
+// agree across counts to rounding.
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -43,8 +43,8 @@ SK_INLINE T lane_dot(const T* __restrict__ a, const T* __restrict__ b, const T* 
 
 // Four rows share each load of v, and their four sums hide each other's latency. With
 // Product, each row is the elementwise product of a row of M and one of P. (Every loop
-// indexes row pointers by its counter alone: the extension is compiled with Python's
-// -fwrapv, under which the compiler cannot prove offset + c contiguous and emits gathers.)
+// indexes row pointers by its counter alone, which stays contiguous to the compiler even
+// under -fwrapv, Python's flag that setup.py undoes with -fno-wrapv.)
 template <typename T, bool Product>
 SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int rows, int n,
                            const T* __restrict__ v, T* __restrict__ out) {

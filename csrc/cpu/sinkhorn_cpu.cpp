@@ -17,7 +17,7 @@ namespace {
 template <typename T>
 T max_of_costs(const T* costs, int64_t count) {
   T max_cost = T(0);
-  int nans = 0;
+  int64_t nans = 0;
 #pragma omp simd reduction(max : max_cost) reduction(+ : nans)
   for (int64_t k = 0; k < count; ++k) {
     max_cost = costs[k] > max_cost ? costs[k] : max_cost;

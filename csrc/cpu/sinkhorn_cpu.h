@@ -1,7 +1,7 @@
-// CPU kernels. Tensorized backend: C is built once per call, then the iterations run in the
-// strategy that is exact for it; online backend (params.online): the costs are recomputed in
-// every pass (cpu/strategies.h). They allocate their own scratch; the workspace fields of the
-// params are for the CUDA kernels.
+// CPU kernels. Tensorized backend: the iterations run in the strategy that is exact for this
+// C, which is built once or, for the scaling strategy, may be recomputed by tiles; online
+// backend (params.online): the costs are recomputed in every pass (cpu/strategies.h). They
+// allocate their own scratch; the workspace fields of the params are for the CUDA kernels.
 #pragma once
 
 #include "core/params.h"

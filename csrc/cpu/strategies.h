@@ -7,9 +7,17 @@
 #pragma once
 
 #include "core/params.h"
+#include "core/softmin.h"
 #include "cpu/cost_matrix.h"
 
 namespace sinkhorn::cpu {
+
+// out_k = eps log(weights_k) + potential_k: the log-domain potential from the history's
+// (core/softmin.h with_log_weight).
+template <typename T>
+void add_log_weights(const T* weights, const T* potential, int64_t count, T eps, T* out) {
+  for (int64_t k = 0; k < count; ++k) out[k] = with_log_weight(weights[k], potential[k], eps);
+}
 
 // C is (B, m, n), stored for the log domain, stored or recomputed for the scaling strategy,
 // which keeps K alone. The forwards write cost_out, u_history and v_history, the backwards
