@@ -25,21 +25,13 @@ namespace {
 
 constexpr int64_t kPiece = 512;  // points of the other cloud per tile (of kTileRows points)
 
-// A tile of costs and one of adjoint terms, per thread.
-template <typename T>
-T* tile_scratch() {
-  thread_local std::vector<T> scratch;
-  scratch.resize(2 * kTileRows * kPiece);
-  return scratch.data();
-}
-
 // out[r] = softmin over the points b_c of h_c - c(a_r, b_c), for the rows [r0, r1) of a,
 // streamed over the pieces of b; with expected_cost, also each row's cost averaged under its
 // softmax.
 template <typename T>
 void softmin_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int64_t r1,
                   const T* h, T eps, Cost cost, T* out, T* expected_cost) {
-  T* costs = tile_scratch<T>();
+  T* costs = tile_scratch<T>(kPiece);
   OnlineSoftmin<T, true> rows[kTileRows];
   for (int64_t c0 = 0; c0 < b.count; c0 += kPiece) {
     const int64_t c1 = std::min(b.count, c0 + kPiece);
@@ -64,7 +56,7 @@ void adjoint_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, 
                   const T* h, const T* adj, const RowScalars& s_and_w, bool terminal, T eps,
                   Cost cost, T* out, T* row_sums, T* column_sums) {
   const int64_t d = a.d, D = d + 1, nr = r1 - r0;
-  T* costs = tile_scratch<T>();
+  T* costs = tile_scratch<T>(2 * kPiece);  // a tile of costs, then one of adjoint terms
   T* gk = costs + kTileRows * kPiece;
   for (int64_t r = r0; r < r1; ++r) out[r] = T(0);
   for (int64_t c0 = 0; c0 < b.count; c0 += kPiece) {

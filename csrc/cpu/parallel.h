@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace sinkhorn::cpu {
 
@@ -76,6 +77,15 @@ void for_each_tile(int64_t batch, int64_t rows, int64_t row_work, const Fn& fn) 
   for_each_row_range(batch, rows, row_work, [&](int64_t b, int64_t r0, int64_t r1) {
     for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) fn(b, t0, std::min(r1, t0 + kTileRows));
   });
+}
+
+// A tile of kTileRows x cols elements per thread, for the costs that a tiled pass computes
+// (cpu/cost_matrix.h cost_tile). Valid until the thread's next call.
+template <typename T>
+T* tile_scratch(int64_t cols) {
+  thread_local std::vector<T> scratch;
+  scratch.resize(static_cast<std::size_t>(kTileRows * cols));
+  return scratch.data();
 }
 
 // Uninitialised scratch (std::vector would spend a pass zeroing it).

@@ -36,15 +36,6 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
   }
 }
 
-// Rows of costs are read a tile at a time (cpu/cost_matrix.h Costs), into a scratch tile per
-// thread where they are recomputed.
-template <typename T>
-T* cost_scratch(int64_t cols) {
-  thread_local std::vector<T> scratch;
-  scratch.resize(static_cast<std::size_t>(kTileRows * cols));
-  return scratch.data();
-}
-
 // out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols), by blocks of columns, each
 // reading its stripe of every row; then finish(b, c) for each column.
 template <typename T, typename Finish>
@@ -76,7 +67,7 @@ template <typename T>
 void cost_kernel_row_products(const Costs<T>& C, const T* K, const T* v, int64_t batch,
                               int64_t rows, int64_t cols, T* out) {
   for_each_tile(batch, rows, 2 * cols, [&](int64_t b, int64_t r0, int64_t r1) {
-    const auto [C_tile, stride] = C.tile(b, r0, r1, 0, cols, cost_scratch<T>(cols));
+    const auto [C_tile, stride] = C.tile(b, r0, r1, 0, cols, tile_scratch<T>(cols));
     (void)stride;  // a whole row: cols
     matvec_product(C_tile, K + (b * rows + r0) * cols, static_cast<int>(r1 - r0),
                    static_cast<int>(cols), v + b * cols, out + b * rows + r0);
@@ -95,7 +86,7 @@ void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int6
     product.resize(static_cast<std::size_t>(kTileRows * width));
     for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int64_t r1 = std::min(rows, r0 + kTileRows);
-      const auto [C_tile, stride] = C.tile(b, r0, r1, c0, c1, cost_scratch<T>(cols));
+      const auto [C_tile, stride] = C.tile(b, r0, r1, c0, c1, tile_scratch<T>(width));
       for (int64_t r = r0; r < r1; ++r) {
         const T* C_row = C_tile + (r - r0) * stride;
         const T* K_row = K + (b * rows + r) * cols + c0;
@@ -112,7 +103,7 @@ void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int6
 template <typename T>
 void build_kernel_matrix(const Costs<T>& C, int64_t batch, int64_t m, int64_t n, T eps, T* K) {
   for_each_tile(batch, m, (kExpWork + 4) * n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, cost_scratch<T>(n));
+    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
     for (int64_t i = i0; i < i1; ++i)
       exp_affine(C_tile + (i - i0) * stride, T(0), T(-1) / eps, static_cast<int>(n),
                  K + (b * m + i) * n);
@@ -258,7 +249,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
 
   // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F of each tile from BLAS.
   for_each_tile(B, m, (R + 8) * n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, cost_scratch<T>(n));
+    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
     thread_local std::vector<T> rank_tile;
     rank_tile.resize(static_cast<std::size_t>(kTileRows * n));
     matmul(A + (b * m + i0) * R, F + b * R * n, i1 - i0, R, n, rank_tile.data());

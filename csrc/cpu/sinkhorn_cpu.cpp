@@ -31,11 +31,10 @@ template <typename T>
 T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
   std::vector<T> row_max(static_cast<std::size_t>(x.batch * x.count));
   for_each_tile(x.batch, x.count, y.count * (x.d + 1), [&](int64_t b, int64_t r0, int64_t r1) {
-    thread_local std::vector<T> tile;
-    tile.resize(static_cast<std::size_t>(kTileRows * y.count));
-    cost_tile(x, y, b, r0, r1, 0, y.count, cost, tile.data(), y.count);
+    T* tile = tile_scratch<T>(y.count);
+    cost_tile(x, y, b, r0, r1, 0, y.count, cost, tile, y.count);
     for (int64_t r = r0; r < r1; ++r)
-      row_max[b * x.count + r] = max_of_costs(tile.data() + (r - r0) * y.count, y.count);
+      row_max[b * x.count + r] = max_of_costs(tile + (r - r0) * y.count, y.count);
   });
   return max_of_costs(row_max.data(), x.batch * x.count);
 }
