@@ -77,6 +77,21 @@ PLANTED_BUGS = {
         "for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {",
         "for (unsigned half = blockDim.x / 2; half > 1; half /= 2) {",
     ),
+    "missing_barrier_between_staging_a_chunk_of_coordinates_and_reading_it": (
+        "csrc/cuda/sinkhorn_online.cu",
+        "if (d > kChunk) load_chunk(a, d, k0, own);\n    __syncthreads();",
+        "if (d > kChunk) load_chunk(a, d, k0, own);",
+    ),
+    "chunk_of_coordinates_that_drops_the_last_one": (
+        "csrc/cuda/sinkhorn_online.cu",
+        "tile[e] = c < count && k < d ? o[(c0 + c) * d + k] : T(0);",
+        "tile[e] = c < count && k < d - 1 ? o[(c0 + c) * d + k] : T(0);",
+    ),
+    "column_sums_that_miss_the_terminal_term": (
+        "csrc/cuda/sinkhorn_online.cu",
+        "adjoint_term<T, std::is_same_v<ColumnTerm, TerminalTerm>>",
+        "adjoint_term<T, false>",
+    ),
 }
 
 
@@ -106,7 +121,7 @@ def test_emulated_cuda_kernel_tests_catch_planted_bug(emulated_build, bug):
         path.write_text(original.replace(correct, planted))
         _run(cmake, "--build", str(build), "--target", EMULATED_TESTS)
         result = _run(str(build / EMULATED_TESTS), "cuda_forward.*", "cuda_backward.*",
-                      check=False)
+                      "cuda_online.*", check=False)
     finally:
         path.write_text(original)
     failed = [line.split()[3] for line in result.stdout.splitlines()

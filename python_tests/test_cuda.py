@@ -5,9 +5,11 @@ respect to x, y and both weight vectors, equal to the CPU op's on the same input
 grid of the CPU tests (shapes, eps, L, both costs, random, uniform and zero weights, batches,
 float32 and float64) and over sizes that run each CUDA strategy: "resident" (the whole
 problem in one block's shared memory) and "tiled" (C and C^T in global memory), with sizes
-that are not multiples of the 128-thread tile. Also: a non-default stream, inputs on a second
-GPU, torch.library.opcheck and torch.compile(fullgraph=True) on CUDA, bitwise determinism,
-and a large problem (m = n = 20 000).
+that are not multiples of the 128-thread tile; and backend="online" (no m x n array) against
+the CPU's online backend over the same grid and at d above its chunk of 8 coordinates. Also: a
+non-default stream, inputs on a second GPU, torch.library.opcheck and
+torch.compile(fullgraph=True) on CUDA, bitwise determinism, a large problem (m = n = 20 000)
+and a large online one (m = n = 100 000, whose cost matrix would take 40 GB).
 
 Runs only on a CUDA build of the extension with a GPU; skipped otherwise, with the reason.
 """
@@ -154,6 +156,39 @@ def test_cuda_cost_and_its_gradients_equal_cpu(eps, iters, cost, dtype):
                   _evaluate(sk.sinkhorn_cost, problem, "cpu", **options), device="cuda:0")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_cuda_online_loss_and_its_gradients_equal_cpu_online(case, cost, dtype):
+    problem = _problem(case, dtype)
+    options = dict(eps=case.eps, iters=case.iters, cost=cost, backend="online")
+    expected = _evaluate(sk.sinkhorn_loss, problem, "cpu", **options)
+    got = _evaluate(sk.sinkhorn_loss, problem, "cuda", **options)
+    _assert_close(got, expected, device="cuda:0")
+
+
+# Sizes that cross the online kernels' tiles (16 points, rows in blocks of 128) and chunks of
+# 8 coordinates: d = 9 is two chunks, d = 70 nine.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("iters", [1, 3])
+@pytest.mark.parametrize("m,n,d,batch", [(1, 1, 1, None), (130, 37, 9, None), (45, 29, 70, 2)])
+def test_cuda_online_cost_and_its_gradients_equal_cpu_online(m, n, d, batch, iters, cost, dtype):
+    problem = random_problem(m, n, d, batch=batch, dtype=dtype)
+    options = dict(eps=0.5 * d, iters=iters, cost=cost, backend="online")
+    _assert_close(_evaluate(sk.sinkhorn_cost, problem, "cuda", **options),
+                  _evaluate(sk.sinkhorn_cost, problem, "cpu", **options), device="cuda:0")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_online_results_are_bitwise_identical_from_call_to_call(dtype):
+    problem = random_problem(300, 500, 3, batch=2, dtype=dtype)
+    options = dict(eps=0.2, iters=15, backend="online")
+    first = _evaluate(sk.sinkhorn_loss, problem, "cuda", **options)
+    for _ in range(2):
+        _assert_equal(_evaluate(sk.sinkhorn_loss, problem, "cuda", **options), first)
+
+
 _STRATEGY_SIZES = [pytest.param((100, 100), id="resident_100x100"),
                    pytest.param((300, 500), id="tiled_300x500")]
 
@@ -283,6 +318,31 @@ def test_large_problem_20000_points_float32_is_finite_and_matches_float64():
     for leaf in (xl, yl):
         assert leaf.grad.shape == (m, 3) and leaf.grad.dtype == torch.float32
         assert leaf.grad.is_cuda and torch.isfinite(leaf.grad).all()
+        assert leaf.grad.abs().sum() > 0
+    del loss, xl, yl
+    torch.cuda.empty_cache()
+
+
+def test_large_online_problem_100000_points_keeps_memory_linear_and_matches_float64():
+    m = n = 100_000
+    x, y, _, _ = random_problem(m, n, 3, dtype=torch.float32, weighted=False)
+    options = dict(eps=0.1, iters=10, backend="online")
+    with torch.no_grad():
+        expected = sk.sinkhorn_loss(x.cuda().double(), y.cuda().double(), **options).item()
+    torch.cuda.empty_cache()
+    xl, yl = x.cuda().requires_grad_(), y.cuda().requires_grad_()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    loss = sk.sinkhorn_loss(xl, yl, **options)
+    loss.backward()
+    # The histories (3 problems, u and v, L levels: 24 MB), the gradients and vectors of m + n:
+    # one m x n float32 matrix would be 40 GB.
+    extra_mb = (torch.cuda.max_memory_allocated() - start) / 2**20
+    assert extra_mb < 100, f"online fwd + bwd took {extra_mb:.0f} MiB at m = n = 100 000"
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss.item(), expected, rtol=1e-3, atol=0)
+    for leaf in (xl, yl):
+        assert leaf.grad.shape == (m, 3) and torch.isfinite(leaf.grad).all()
         assert leaf.grad.abs().sum() > 0
     del loss, xl, yl
     torch.cuda.empty_cache()

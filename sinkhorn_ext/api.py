@@ -13,7 +13,9 @@ DEFAULT_ITERS = 20
 # backend="auto" is tensorized while its m x n arrays (at most four of B x m x n, for the
 # problem at hand; the loss's largest is W(x, x) or W(y, y)) stay within this size: it is the
 # faster, reading each cost or exp(-C / eps) from memory where the online backend recomputes
-# it in every pass (BENCHMARKS.md). Beyond, online, whose memory is linear in m + n.
+# it in every pass (BENCHMARKS.md, on the CPU). Beyond, online, whose memory is linear in
+# m + n. The same limit holds on CUDA, where it keeps the tensorized workspace from
+# exhausting the device; no GPU measurement has set a better one yet.
 TENSORIZED_MAX_BYTES = 2**30
 
 
@@ -23,8 +25,6 @@ def resolve_backend(backend: str, inputs: Inputs, *, loss: bool) -> str:
     picks."""
     if backend != "auto":
         return backend
-    if inputs.x.device.type != "cpu":  # the online backend has CPU kernels only, for now
-        return "tensorized"
     batch, m, n = inputs.x.shape[0], inputs.x.shape[1], inputs.y.shape[1]
     pairs = max(m, n) ** 2 if loss else m * n
     size = 4 * batch * pairs * inputs.x.element_size()
@@ -58,9 +58,8 @@ def sinkhorn_cost(
         x_weights: probability vector alpha, (m,) or (B, m); uniform 1/m if None.
         y_weights: probability vector beta, (n,) or (B, n); uniform 1/n if None.
         backend: "tensorized" builds the m x n cost matrix once per call; "online" recomputes
-            the costs in every pass and needs memory linear in m + n (CPU only, for now);
-            "auto" (default) is tensorized unless its m x n arrays would pass 1 GiB
-            (TENSORIZED_MAX_BYTES).
+            the costs in every pass and needs memory linear in m + n; "auto" (default) is
+            tensorized unless its m x n arrays would pass 1 GiB (TENSORIZED_MAX_BYTES).
 
     Returns:
         A 0-dim tensor, or shape (B,) for batched input, in the dtype of x. Differentiable

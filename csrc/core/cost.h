@@ -23,10 +23,16 @@ SK_HOST_DEVICE SK_INLINE T squared_distance(const T* x, const T* y, int d) {
   return s;
 }
 
+// The cost from the squared distance; kernels that sum the squared distance themselves (in
+// chunks of coordinates, in the order of squared_distance) finish it here.
+template <typename T>
+SK_HOST_DEVICE SK_INLINE T cost_of_squared_distance(T sq, Cost cost) {
+  return cost == Cost::kSqEuclidean ? sq : std::sqrt(sq);
+}
+
 template <typename T>
 SK_HOST_DEVICE SK_INLINE T pair_cost(const T* x, const T* y, int d, Cost cost) {
-  const T sq = squared_distance(x, y, d);
-  return cost == Cost::kSqEuclidean ? sq : std::sqrt(sq);
+  return cost_of_squared_distance(squared_distance(x, y, d), cost);
 }
 
 // k(c) with dc/dx = k(c) (x - y). At c = 0 the euclidean cost has no derivative; the

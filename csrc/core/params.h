@@ -21,6 +21,9 @@ struct SinkhornParams {
   T eps = T(1);
   Cost cost = Cost::kSqEuclidean;
   bool online = false;  // the online backend: no m x n array (kernels that have one)
+  // y is x and y_weights is x_weights (the loss's self-terms W(x, x), W(y, y)): grad_x
+  // receives the gradient through both arguments, and grad_y is null.
+  bool x_is_y = false;
 
   // The saved history (written by the forward, read by the backward). With f, g the
   // log-domain potentials of DESIGN.md section 1, u^l = f^l - eps log alpha and
@@ -34,7 +37,7 @@ struct SinkhornParams {
   // Backward: the incoming gradient of W_L and the outputs.
   const T* grad_cost = nullptr;  // (B,)
   T* grad_x = nullptr;           // (B, m, d)
-  T* grad_y = nullptr;           // (B, n, d)
+  T* grad_y = nullptr;           // (B, n, d), or null where it is not wanted
   T* grad_x_weights = nullptr;   // (B, m)
   T* grad_y_weights = nullptr;   // (B, n)
 

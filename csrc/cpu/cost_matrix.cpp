@@ -51,19 +51,36 @@ void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int
     const T na = a.norms[bi * a.count + r];
     const T* nb = b.norms.data() + bi * b.count + c0;
     T* row = out + (r - r0) * out_stride;
-    for (int64_t c = 0; c < width; ++c) {
-      const T norms = na + nb[c];
-      T sq = norms - 2 * row[c];
-      if (!(sq >= T(kRecomputeBelow) * norms))  // also NaN: recomputed, and stays NaN
-        sq = squared_distance(a.point(bi, r), b.point(bi, c0 + c), static_cast<int>(d));
-      row[c] = cost == Cost::kSqEuclidean ? sq : std::sqrt(sq);
-    }
+    squared_distances_from_dots(row, na, nb, static_cast<int>(width));
+    for (int64_t c = 0; c < width; ++c)
+      if (!(row[c] >= T(kRecomputeBelow) * (na + nb[c])))  // also NaN: recomputed, stays NaN
+        row[c] = squared_distance(a.point(bi, r), b.point(bi, c0 + c), static_cast<int>(d));
+    if (cost == Cost::kEuclidean)
+      for (int64_t c = 0; c < width; ++c) row[c] = std::sqrt(row[c]);
   }
 }
 
 template <typename T>
-void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, Cost cost, T* M) {
+void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost cost, T* M) {
   const int64_t rows = a.count, cols = b.count;
+  if (b_is_a && a.by_products()) {
+    // C = C^T: the rows' blocks from the diagonal on, one BLAS product each (threaded by BLAS
+    // itself: the blocks shrink, so splitting them over threads would not balance), then the
+    // rest mirrored by tiles. Half the flops of the full product.
+    constexpr int64_t kBlock = 64, kTile = 32;
+    for (int64_t bi = 0; bi < a.batch; ++bi) {
+      T* Mb = M + bi * rows * rows;
+      for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+        cost_tile(a, a, bi, r0, std::min(rows, r0 + kBlock), r0, rows, cost, Mb + r0 * rows + r0,
+                  rows);
+      for (int64_t r0 = 0; r0 < rows; r0 += kTile)
+        for (int64_t c0 = r0; c0 < rows; c0 += kTile)
+          for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
+            for (int64_t c = std::max(c0, r + 1); c < std::min(rows, c0 + kTile); ++c)
+              Mb[c * rows + r] = Mb[r * rows + c];
+    }
+    return;
+  }
   for_each_row_range(a.batch, rows, cols * std::min<int64_t>(a.d, 64),
                      [&](int64_t bi, int64_t r0, int64_t r1) {
     cost_tile(a, b, bi, r0, r1, 0, cols, cost, M + (bi * rows + r0) * cols, cols);
@@ -71,23 +88,40 @@ void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, Cost cost, T* M) {
 }
 
 template <typename T>
-void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* out, T* out_t) {
+void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_a,
+                          const T* scale, T* grad_a, T* grad_b) {
   const int64_t batch = a.batch, rows = a.count, cols = b.count, d = a.d;
+  if (b_is_a) {  // sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c): the rows of H + H^T
+    constexpr int64_t kBlock = 32;
+    for (int64_t bi = 0; bi < batch; ++bi) {
+      T* Hb = H + bi * rows * rows;
+      for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+        for (int64_t c0 = r0; c0 < rows; c0 += kBlock)
+          for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r)
+            for (int64_t c = std::max(c0, r); c < std::min(rows, c0 + kBlock); ++c)
+              Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+    }
+  }
   if (a.by_products()) {
-    // out = a * (H 1) - H b and out_t = b * (H^T 1) - H^T a, with the products from BLAS.
+    // grad_a = scale (a * (H 1) - H b), grad_b = scale (b * (H^T 1) - H^T a): the products
+    // from BLAS, written in place.
+    auto finish = [&](const at::Tensor& sums, const T* points, T s, T* grad, int64_t count) {
+      const T* sum = sums.const_data_ptr<T>();
+      for (int64_t r = 0; r < count; ++r)
+        for (int64_t k = 0; k < d; ++k)
+          grad[r * d + k] = s * (points[r * d + k] * sum[r] - grad[r * d + k]);
+    };
     for (int64_t bi = 0; bi < batch; ++bi) {
       const at::Tensor Hb = matrix(H + bi * rows * cols, rows, cols);
-      const at::Tensor row_sums = at::mv(Hb, matrix(b.ones_and_coordinates(bi), 1, cols)[0]);
-      const at::Tensor Hy = at::mm(Hb, matrix(b.point(bi, 0), cols, d));
-      at::Tensor o = matrix(out + bi * rows * d, rows, d);
-      o.copy_(matrix(a.point(bi, 0), rows, d) * row_sums.unsqueeze(1) - Hy);
-      if (out_t != nullptr) {
-        const at::Tensor ones = matrix(a.ones_and_coordinates(bi), 1, rows)[0];
-        const at::Tensor column_sums = at::mv(Hb.t(), ones);
-        const at::Tensor Hx = at::mm(Hb.t(), matrix(a.point(bi, 0), rows, d));
-        at::Tensor ot = matrix(out_t + bi * cols * d, cols, d);
-        ot.copy_(matrix(b.point(bi, 0), cols, d) * column_sums.unsqueeze(1) - Hx);
-      }
+      at::Tensor out = matrix(grad_a + bi * rows * d, rows, d);
+      at::mm_out(out, Hb, matrix(b.point(bi, 0), cols, d));
+      finish(at::mv(Hb, matrix(b.ones_and_coordinates(bi), 1, cols)[0]), a.point(bi, 0),
+             scale[bi], grad_a + bi * rows * d, rows);
+      if (grad_b == nullptr) continue;
+      at::Tensor out_t = matrix(grad_b + bi * cols * d, cols, d);
+      at::mm_out(out_t, Hb.t(), matrix(a.point(bi, 0), rows, d));
+      finish(at::mv(Hb.t(), matrix(a.ones_and_coordinates(bi), 1, rows)[0]), b.point(bi, 0),
+             scale[bi], grad_b + bi * cols * d, cols);
     }
     return;
   }
@@ -98,9 +132,10 @@ void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* o
     sums.resize(static_cast<std::size_t>(d + 1));
     matvec(b.ones_and_coordinates(bi), static_cast<int>(d + 1), static_cast<int>(cols),
            H + br * cols, sums.data());
-    for (int64_t k = 0; k < d; ++k) out[br * d + k] = a.points[br * d + k] * sums[0] - sums[k + 1];
+    for (int64_t k = 0; k < d; ++k)
+      grad_a[br * d + k] = scale[bi] * (a.points[br * d + k] * sums[0] - sums[k + 1]);
   });
-  if (out_t == nullptr) return;
+  if (grad_b == nullptr) return;
   // sum_r H_rc and sum_r H_rc a_rk, by blocks of columns.
   for_each_column_block(batch, cols, (d + 1) * rows, [&](int64_t bi, int64_t c0, int64_t c1) {
     const int width = static_cast<int>(c1 - c0);
@@ -112,7 +147,8 @@ void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* o
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t bc = bi * cols + c;
       for (int64_t k = 0; k < d; ++k)
-        out_t[bc * d + k] = b.points[bc * d + k] * sums[c - c0] - sums[(k + 1) * width + c - c0];
+        grad_b[bc * d + k] = scale[bi] * (b.points[bc * d + k] * sums[c - c0] -
+                                          sums[(k + 1) * width + c - c0]);
     }
   });
 }
@@ -121,8 +157,9 @@ void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* o
   template struct Cloud<T>;                                                                   \
   template void cost_tile<T>(const Cloud<T>&, const Cloud<T>&, int64_t, int64_t, int64_t,     \
                              int64_t, int64_t, Cost, T*, int64_t);                            \
-  template void build_cost_matrix<T>(const Cloud<T>&, const Cloud<T>&, Cost, T*);             \
-  template void contract_with_clouds<T>(const T*, const Cloud<T>&, const Cloud<T>&, T*, T*);
+  template void build_cost_matrix<T>(const Cloud<T>&, const Cloud<T>&, bool, Cost, T*);       \
+  template void contract_with_clouds<T>(T*, const Cloud<T>&, const Cloud<T>&, bool, const T*, \
+                                        T*, T*);
 
 SK_INSTANTIATE(float)
 SK_INSTANTIATE(double)

@@ -68,13 +68,18 @@ class Costs {
   const T* stored_;
 };
 
-// M[b, r, c] = c(a_r, b_c), (B, rows, cols).
+// M[b, r, c] = c(a_r, b_c), (B, rows, cols). b_is_a: b is a (the self-terms), and M is built
+// as the symmetric matrix it is.
 template <typename T>
-void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, Cost cost, T* M);
+void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost cost, T* M);
 
-// out[b, r, :] = sum_c H[b, r, c] (a_r - b_c) for H (B, rows, cols), and, if out_t is not
-// null, out_t[b, c, :] = sum_r H[b, r, c] (b_c - a_r): the contraction of dW/dC * k(C).
+// The contraction of H = dW/dC * k(C), (B, rows, cols), with the clouds:
+//   grad_a[b, r, :] = scale[b] sum_c H[b, r, c] (a_r - b_c) and, if grad_b is not null,
+//   grad_b[b, c, :] = scale[b] sum_r H[b, r, c] (b_c - a_r).
+// If b_is_a (the self-terms), grad_a gets the gradient through both arguments, and grad_b
+// must be null; H is overwritten by H + H^T.
 template <typename T>
-void contract_with_clouds(const T* H, const Cloud<T>& a, const Cloud<T>& b, T* out, T* out_t);
+void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_a,
+                          const T* scale, T* grad_a, T* grad_b);
 
 }  // namespace sinkhorn::cpu

@@ -134,15 +134,20 @@ void online_backward(const SinkhornParams<T>& p) {
   // The sums that give the gradients: for a point a of either cloud, S_0 = sum_c gk_c and
   // S_k = sum_c gk_c b_ck over the other cloud's points b_c (gk the terms' (dW/dC) k(C)). A
   // pass adds to its own rows' sums (x_sums (B, m, D), y_sums (B, n, D)) and to the
-  // per-thread sums of the other cloud's points, laid out (B, D, count).
-  std::vector<T> x_sums(static_cast<std::size_t>(B * m * D), T(0));
-  std::vector<T> y_sums(static_cast<std::size_t>(B * n * D), T(0));
+  // per-thread sums of the other cloud's points, laid out (B, D, count). Where y is x, the
+  // sums of both clouds are one set: grad_x gets the gradient through both arguments.
   const int threads = at::get_num_threads();
-  std::vector<std::vector<T>> x_columns(threads), y_columns(threads);
-  for (int t = 0; t < threads; ++t) {
-    x_columns[t].assign(static_cast<std::size_t>(B * D * m), T(0));
-    y_columns[t].assign(static_cast<std::size_t>(B * D * n), T(0));
+  std::vector<T> x_sums(static_cast<std::size_t>(B * m * D), T(0)), y_own_sums;
+  std::vector<std::vector<T>> x_columns(threads), y_own_columns;
+  for (int t = 0; t < threads; ++t) x_columns[t].assign(static_cast<std::size_t>(B * D * m), T(0));
+  if (!p.x_is_y) {
+    y_own_sums.assign(static_cast<std::size_t>(B * n * D), T(0));
+    y_own_columns.resize(threads);
+    for (int t = 0; t < threads; ++t)
+      y_own_columns[t].assign(static_cast<std::size_t>(B * D * n), T(0));
   }
+  std::vector<T>& y_sums = p.x_is_y ? x_sums : y_own_sums;
+  std::vector<std::vector<T>>& y_columns = p.x_is_y ? x_columns : y_own_columns;
   auto u_at = [&](int64_t b, int64_t l) { return p.u_history + (b * L + l - 1) * m; };
   auto v_at = [&](int64_t b, int64_t l) { return p.v_history + (b * L + l - 1) * n; };
   auto load_potentials = [&](int64_t l) {
@@ -221,7 +226,11 @@ void online_backward(const SinkhornParams<T>& p) {
     }
   };
   finish(p.x, m, x_sums, x_columns, p.grad_x, p.grad_x_weights);
-  finish(p.y, n, y_sums, y_columns, p.grad_y, p.grad_y_weights);
+  if (p.grad_y != nullptr) {
+    finish(p.y, n, y_sums, y_columns, p.grad_y, p.grad_y_weights);
+  } else {
+    for (int64_t j = 0; j < B * n; ++j) p.grad_y_weights[j] *= p.grad_cost[j / n];
+  }
 }
 
 template void online_forward<float>(const SinkhornParams<float>&);

@@ -185,6 +185,10 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                               T* out) {                                                      \
     cost_row_impl(a, bt, stride, d, n, cost, out);                                           \
   }                                                                                          \
+  SK_CPU_CLONES void squared_distances_from_dots(T* __restrict__ row, T norm_a,            \
+                                                 const T* __restrict__ norms_b, int n) {     \
+    _Pragma("omp simd") for (int c = 0; c < n; ++c) row[c] = norm_a + norms_b[c] - 2 * row[c]; \
+  }                                                                                          \
   SK_CPU_CLONES RowSums<T> softmin_sums(const T* row, const T* h, int n, T eps,               \
                                         bool with_expected_cost) {                           \
     return with_expected_cost ? softmin_row_sums<T, true>(row, h, n, eps)                     \

@@ -14,6 +14,11 @@ void cost_row(const float* a, const float* bt, long stride, int d, int n, Cost c
 void cost_row(const double* a, const double* bt, long stride, int d, int n, Cost cost,
               double* out);
 
+// row_c = norm_a + norms_b[c] - 2 row_c, c < n: squared distances |a|^2 + |b_c|^2 - 2 a.b_c
+// from a row of dot products (cpu/cost_matrix.cpp, the matrix-product path).
+void squared_distances_from_dots(float* row, float norm_a, const float* norms_b, int n);
+void squared_distances_from_dots(double* row, double norm_a, const double* norms_b, int n);
+
 // Log-domain strategy: the softmin primitive and its adjoint on one row (core/softmin.h).
 float softmin_row(const float* row, const float* h, int n, float eps);
 double softmin_row(const double* row, const double* h, int n, double eps);

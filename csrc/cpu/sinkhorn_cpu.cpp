@@ -55,7 +55,7 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
       scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
   Buffer<T> C(size);
-  build_cost_matrix(x, y, p.cost, C.get());
+  build_cost_matrix(x, y, p.x_is_y, p.cost, C.get());
   if (scaling_form_is_safe(max_of_costs(C.get(), size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C.get()));
   log_domain(p, C.get());
@@ -76,13 +76,11 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 }
 
 template <typename T>
-void finish_backward(const SinkhornParams<T>& p, const T* H) {
+void finish_backward(const SinkhornParams<T>& p, T* H) {
   contract_with_clouds(H, Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d),
-                       p.grad_x, p.grad_y);
+                       p.x_is_y, p.grad_cost, p.grad_x, p.grad_y);
   for (int64_t b = 0; b < p.batch; ++b) {
     const T g = p.grad_cost[b];
-    for (int64_t k = b * p.m * p.d; k < (b + 1) * p.m * p.d; ++k) p.grad_x[k] *= g;
-    for (int64_t k = b * p.n * p.d; k < (b + 1) * p.n * p.d; ++k) p.grad_y[k] *= g;
     for (int64_t i = b * p.m; i < (b + 1) * p.m; ++i) p.grad_x_weights[i] *= g;
     for (int64_t j = b * p.n; j < (b + 1) * p.n; ++j) p.grad_y_weights[j] *= g;
   }
@@ -92,7 +90,7 @@ template void sinkhorn_forward<float>(const SinkhornParams<float>&);
 template void sinkhorn_forward<double>(const SinkhornParams<double>&);
 template void sinkhorn_backward<float>(const SinkhornParams<float>&);
 template void sinkhorn_backward<double>(const SinkhornParams<double>&);
-template void finish_backward<float>(const SinkhornParams<float>&, const float*);
-template void finish_backward<double>(const SinkhornParams<double>&, const double*);
+template void finish_backward<float>(const SinkhornParams<float>&, float*);
+template void finish_backward<double>(const SinkhornParams<double>&, double*);
 
 }  // namespace sinkhorn::cpu

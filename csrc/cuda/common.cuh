@@ -1,4 +1,5 @@
-// Kernels and device helpers shared by the forward and the backward.
+// Kernels, device helpers and launch sequences shared by the forward, the backward and the
+// online backend.
 //
 // Thread mapping. One thread computes one row r of a softmin or of its adjoint (DESIGN.md
 // section 2), streaming over the other cloud c. The matrices are read in the layout where r
@@ -6,12 +7,16 @@
 // the f-update (rows i of C) reads C^T, the g-update (rows j of C^T) reads C. The vectors of
 // the other side (potentials, adjoints) are staged through shared memory a tile at a time.
 //
-// Two strategies, chosen by the launchers:
+// Three strategies. The tensorized backend runs one of two, chosen by the launchers:
 //   resident: one block per problem runs the whole L-step loop in one launch, with C in
 //             shared memory (rows padded to an odd stride, so that both a row and a column
 //             are read without bank conflicts); used whenever it fits, since at the
 //             paper's sizes (m, n of a few hundred) launch overhead is the cost that counts;
 //   tiled:    C and C^T in global memory, one launch per half-step, a grid of row blocks.
+// The online backend (p.online, sinkhorn_online.cu) keeps no m x n array: one launch per
+// half-step, a grid of row blocks, each thread recomputing its row's costs from the points,
+// which are staged through shared memory a tile of points and a chunk of coordinates at a
+// time.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +34,14 @@ constexpr int kResidentThreads = 256;  // threads per block of the resident kern
 // alone, nvcc 13 budgets registers for full occupancy (32 per thread at 128 threads) and
 // spills; 4 blocks of the tiled kernels leave 128 registers per thread.
 constexpr int kMinTiledBlocks = 4;
+
+// Fully unrolls the loop that follows (of a compile-time count), so that the register arrays
+// it indexes stay in registers; the emulation's host compiler has no such pragma.
+#if defined(__CUDACC__)
+#define SK_UNROLL _Pragma("unroll")
+#else
+#define SK_UNROLL
+#endif
 
 // Adds the terms c < count of a row whose entries are M[c * stride] to a running softmin.
 template <typename T, bool WithExpectedCost>
@@ -105,6 +118,18 @@ struct HalfStep {
   T eps = T(1);
 };
 
+// Writes the outputs of row r of problem b from its accumulated softmin.
+template <typename T, bool WithExpectedCost>
+__device__ __forceinline__ void write_softmin(const HalfStep<T>& s, int64_t b, int64_t r,
+                                              const OnlineSoftmin<T, WithExpectedCost>& acc) {
+  const T value = acc.softmin(s.eps);
+  if (s.history) s.history[b * s.history_stride + r] = value;
+  if (s.potential) {
+    s.potential[b * s.rows + r] = with_log_weight(s.weights[b * s.rows + r], value, s.eps);
+  }
+  if (WithExpectedCost) s.expected_cost[b * s.rows + r] = acc.expected_cost();
+}
+
 template <typename T, bool WithExpectedCost>
 __global__ void __launch_bounds__(kThreads, kMinTiledBlocks) softmin_kernel(HalfStep<T> s) {
   SK_DYNAMIC_SHARED(T, h_tile);  // kThreads entries
@@ -121,13 +146,7 @@ __global__ void __launch_bounds__(kThreads, kMinTiledBlocks) softmin_kernel(Half
       if (active) accumulate_softmin(acc, M + c0 * s.rows, s.rows, h_tile, count, inv_eps);
       __syncthreads();
     }
-    if (!active) continue;
-    const T value = acc.softmin(s.eps);
-    if (s.history) s.history[b * s.history_stride + r] = value;
-    if (s.potential) {
-      s.potential[b * s.rows + r] = with_log_weight(s.weights[b * s.rows + r], value, s.eps);
-    }
-    if (WithExpectedCost) s.expected_cost[b * s.rows + r] = acc.expected_cost();
+    if (active) write_softmin(s, b, r, acc);
   }
 }
 
@@ -139,6 +158,172 @@ cudaError_t softmin_step(const HalfStep<T>& s, cudaStream_t stream) {
              ? launch(softmin_kernel<T, true>, grid, dim3(kThreads), shared, stream, s)
              : launch(softmin_kernel<T, false>, grid, dim3(kThreads), shared, stream, s);
 }
+
+// sum_r weights[b, r] values[b, r] for each problem b: one block per problem.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
+    weighted_sum_kernel(const T* weights, const T* values, int64_t batch, int64_t count, T* out) {
+  SK_DYNAMIC_SHARED(T, scratch);
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    T sum = T(0);
+    for (int64_t r = threadIdx.x; r < count; r += blockDim.x) {
+      sum += weights[b * count + r] * values[b * count + r];
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) out[b] = sum;
+  }
+}
+
+// The forward of a strategy that launches one kernel per half-step: run_step(step, over_x)
+// launches the half-step over the rows i of x (over_x) or the rows j of y, step's matrix
+// left to it. g^0 = 0; for l = 1..L the f-update (softmin of g^{l-1} into u^l and f^l) and the
+// g-update (softmin of f^l into v^l and g^l, at l = L with the expected cost of each column
+// into p.y_adjoint); then W_L = sum_j beta_j (expected cost of column j under P_L).
+template <typename T, typename RunStep>
+cudaError_t run_iterations(const SinkhornParams<T>& p, const RunStep& run_step,
+                           cudaStream_t stream) {
+  const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
+  SK_CUDA_TRY(cudaMemsetAsync(p.g, 0, B * n * sizeof(T), stream));  // g^0 = 0 (all-zero bits)
+  for (int64_t l = 1; l <= L; ++l) {
+    HalfStep<T> f_step;
+    f_step.h = p.g;
+    f_step.weights = p.x_weights;
+    f_step.history = p.u_history + (l - 1) * m;
+    f_step.history_stride = L * m;
+    f_step.potential = p.f;
+    f_step.batch = B, f_step.rows = m, f_step.cols = n, f_step.eps = p.eps;
+    SK_CUDA_TRY(run_step(f_step, true));
+
+    HalfStep<T> g_step;
+    g_step.h = p.f;
+    g_step.weights = p.y_weights;
+    g_step.history = p.v_history + (l - 1) * n;
+    g_step.history_stride = L * n;
+    g_step.potential = p.g;
+    g_step.expected_cost = l == L ? p.y_adjoint : nullptr;
+    g_step.batch = B, g_step.rows = n, g_step.cols = m, g_step.eps = p.eps;
+    SK_CUDA_TRY(run_step(g_step, false));
+  }
+  return launch(weighted_sum_kernel<T>, dim3(grid_dim(B)), dim3(kThreads), kThreads * sizeof(T),
+                stream, p.y_weights, p.y_adjoint, B, n, p.cost_out);
+}
+
+// One reverse half-step over `rows` rows (csrc/core/softmin.h, softmin_adjoint_row).
+template <typename T>
+struct AdjointStep {
+  const T* matrix = nullptr;  // (B, cols, rows): entry (r, c) at matrix[(b cols + c) rows + r]
+  T* grad_matrix = nullptr;   // dW/dC, accumulated in the layout of matrix
+  const T* h = nullptr;       // (B, cols), the other side's potential
+  const T* adj = nullptr;     // (B, cols), the other side's scaled adjoint
+  const T* s = nullptr;       // if set: the row's own softmin s[b s_stride + r]; else 0
+  int64_t s_stride = 0;
+  const T* weights = nullptr;  // if set: the row's weight (B, rows); else 1
+  T* out = nullptr;            // if set: (B, rows), the row's scaled adjoint
+  T* grad_weights = nullptr;   // if set: (B, rows), += eps out
+  int64_t batch = 0, rows = 0, cols = 0;
+  T eps = T(1);
+};
+
+// The reverse half-steps of level l (DESIGN.md section 1), their matrices left to the caller:
+// the adjoint of the g-update over the rows i (phi^l into p.x_adjoint; at l = L it also
+// holds the derivative of <C, P_L>), and that of the f-update over the rows j (psi^{l-1}
+// into p.y_adjoint). At l = 1 the f-update read g^0 = 0, which carries no weight and has no
+// adjoint to pass on: s = 0, w = 1 and no outputs, only its dW/dC.
+template <typename T>
+AdjointStep<T> g_update_adjoint(const SinkhornParams<T>& p, int64_t l) {
+  AdjointStep<T> a;
+  a.h = p.g;
+  a.adj = p.y_adjoint;
+  a.s = p.u_history + (l - 1) * p.m;
+  a.s_stride = p.iters * p.m;
+  a.weights = p.x_weights;
+  a.out = p.x_adjoint;
+  a.grad_weights = p.grad_x_weights;
+  a.batch = p.batch, a.rows = p.m, a.cols = p.n, a.eps = p.eps;
+  return a;
+}
+
+template <typename T>
+AdjointStep<T> f_update_adjoint(const SinkhornParams<T>& p, int64_t l) {
+  AdjointStep<T> a;
+  a.h = p.f;
+  a.adj = p.x_adjoint;
+  if (l > 1) {
+    a.s = p.v_history + (l - 2) * p.n;
+    a.s_stride = p.iters * p.n;
+    a.weights = p.y_weights;
+    a.out = p.y_adjoint;
+    a.grad_weights = p.grad_y_weights;
+  }
+  a.batch = p.batch, a.rows = p.n, a.cols = p.m, a.eps = p.eps;
+  return a;
+}
+
+// out[b, r] = eps log(weights[b, r]) + history[b history_stride + r]: the potentials of a
+// level from the weight-free history.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
+    potentials_kernel(const T* weights, const T* history, int64_t history_stride, int64_t batch,
+                      int64_t count, T eps, T* out) {
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < batch * count;
+       e += int64_t(gridDim.x) * kThreads) {
+    const int64_t b = e / count, r = e - b * count;
+    out[e] = with_log_weight(weights[e], history[b * history_stride + r], eps);
+  }
+}
+
+// f^l into p.f.
+template <typename T>
+cudaError_t load_f(const SinkhornParams<T>& p, int64_t l, cudaStream_t stream) {
+  return launch(potentials_kernel<T>, dim3(grid_dim(blocks_for(p.batch * p.m, kThreads))),
+                dim3(kThreads), 0, stream, p.x_weights, p.u_history + (l - 1) * p.m,
+                p.iters * p.m, p.batch, p.m, p.eps, p.f);
+}
+
+// g^l into p.g.
+template <typename T>
+cudaError_t load_g(const SinkhornParams<T>& p, int64_t l, cudaStream_t stream) {
+  return launch(potentials_kernel<T>, dim3(grid_dim(blocks_for(p.batch * p.n, kThreads))),
+                dim3(kThreads), 0, stream, p.y_weights, p.v_history + (l - 1) * p.n,
+                p.iters * p.n, p.batch, p.n, p.eps, p.g);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
+    scale_kernel(const T* in, T factor, int64_t count, T* out) {
+  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < count;
+       e += int64_t(gridDim.x) * kThreads) {
+    out[e] = in[e] * factor;
+  }
+}
+
+// The start of a backward that launches one kernel per step: f^L and g^L into p.f and p.g,
+// grad_x_weights = 0, and the terminal adjoint psi^L_j = (expected cost of column j under
+// P_L) / eps into p.y_adjoint, with grad_y_weights starting at eps psi^L. run_step(step,
+// over_x) launches the softmin half-step over the rows j (over_x false), as in
+// run_iterations.
+template <typename T, typename RunStep>
+cudaError_t begin_backward(const SinkhornParams<T>& p, const RunStep& run_step,
+                           cudaStream_t stream) {
+  const int64_t B = p.batch, m = p.m, n = p.n;
+  SK_CUDA_TRY(load_f(p, p.iters, stream));
+  SK_CUDA_TRY(load_g(p, p.iters, stream));
+  SK_CUDA_TRY(cudaMemsetAsync(p.grad_x_weights, 0, B * m * sizeof(T), stream));
+  HalfStep<T> terminal;
+  terminal.h = p.f;
+  terminal.expected_cost = p.grad_y_weights;
+  terminal.batch = B, terminal.rows = n, terminal.cols = m, terminal.eps = p.eps;
+  SK_CUDA_TRY(run_step(terminal, false));
+  return launch(scale_kernel<T>, dim3(grid_dim(blocks_for(B * n, kThreads))), dim3(kThreads), 0,
+                stream, p.grad_y_weights, T(1) / p.eps, B * n, p.y_adjoint);
+}
+
+// The online backend (sinkhorn_online.cu), which sinkhorn_forward and sinkhorn_backward run
+// when p.online.
+template <typename T>
+cudaError_t online_forward(const SinkhornParams<T>& p, cudaStream_t stream);
+template <typename T>
+cudaError_t online_backward(const SinkhornParams<T>& p, cudaStream_t stream);
 
 // Shared memory of the resident kernels: C with rows padded to an odd stride, then f (m),
 // g (n), phi (m), psi (n) and a reduction scratch (kResidentThreads).

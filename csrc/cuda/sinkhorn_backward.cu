@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
         __syncthreads();
       }
     }
-    // dW/dx_i = sum_j H_ij (x_i - y_j) and dW/dy_j = sum_i H_ij (y_j - x_i), H = G k(C).
+    // dW/dx_i = sum_j H_ij (x_i - y_j) and dW/dy_j = sum_i H_ij (y_j - x_i), H = G k(C); for
+    // a self-term (x_is_y) grad_x gets both.
     const T grad_cost = p.grad_cost[b];
     const T* x = p.x + b * m * d;
     const T* y = p.y + b * n * d;
@@ -93,9 +94,12 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
       const int64_t i = e / d, k = e - i * d;
       T sum = T(0);
       for (int64_t j = 0; j < n; ++j) sum += H(i, j) * (x[i * d + k] - y[j * d + k]);
+      if (p.x_is_y) {
+        for (int64_t j = 0; j < n; ++j) sum += H(j, i) * (x[i * d + k] - y[j * d + k]);
+      }
       p.grad_x[b * m * d + e] = grad_cost * sum;
     }
-    for (int64_t e = threadIdx.x; e < n * d; e += blockDim.x) {
+    for (int64_t e = threadIdx.x; p.grad_y && e < n * d; e += blockDim.x) {
       const int64_t j = e / d, k = e - j * d;
       T sum = T(0);
       for (int64_t i = 0; i < m; ++i) sum += H(i, j) * (y[j * d + k] - x[i * d + k]);
@@ -108,22 +112,6 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
 }
 
 // ---- tiled: C and C^T in global memory, one launch per reverse half-step.
-
-// One reverse half-step over `rows` rows (csrc/core/softmin.h, softmin_adjoint_row).
-template <typename T>
-struct AdjointStep {
-  const T* matrix = nullptr;  // (B, cols, rows): entry (r, c) at matrix[(b cols + c) rows + r]
-  T* grad_matrix = nullptr;   // dW/dC, accumulated in the layout of matrix
-  const T* h = nullptr;       // (B, cols), the other side's potential
-  const T* adj = nullptr;     // (B, cols), the other side's scaled adjoint
-  const T* s = nullptr;       // if set: the row's own softmin s[b s_stride + r]; else 0
-  int64_t s_stride = 0;
-  const T* weights = nullptr;  // if set: the row's weight (B, rows); else 1
-  T* out = nullptr;            // if set: (B, rows), the row's scaled adjoint
-  T* grad_weights = nullptr;   // if set: (B, rows), += eps out
-  int64_t batch = 0, rows = 0, cols = 0;
-  T eps = T(1);
-};
 
 template <typename T, bool Terminal>
 __global__ void __launch_bounds__(kThreads, kMinTiledBlocks) adjoint_kernel(AdjointStep<T> a) {
@@ -165,39 +153,6 @@ cudaError_t adjoint_step(const AdjointStep<T>& a, bool terminal, cudaStream_t st
                   : launch(adjoint_kernel<T, false>, grid, dim3(kThreads), shared, stream, a);
 }
 
-// out[b, r] = eps log(weights[b, r]) + history[b history_stride + r]: the potentials of a
-// level from the weight-free history.
-template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
-    potentials_kernel(const T* weights, const T* history, int64_t history_stride, int64_t batch,
-                      int64_t count, T eps, T* out) {
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < batch * count;
-       e += int64_t(gridDim.x) * kThreads) {
-    const int64_t b = e / count, r = e - b * count;
-    out[e] = with_log_weight(weights[e], history[b * history_stride + r], eps);
-  }
-}
-
-template <typename T>
-cudaError_t load_level(const SinkhornParams<T>& p, int64_t l, cudaStream_t stream) {
-  const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
-  SK_CUDA_TRY(launch(potentials_kernel<T>, dim3(grid_dim(blocks_for(B * m, kThreads))),
-                     dim3(kThreads), 0, stream, p.x_weights, p.u_history + (l - 1) * m, L * m, B,
-                     m, p.eps, p.f));
-  return launch(potentials_kernel<T>, dim3(grid_dim(blocks_for(B * n, kThreads))),
-                dim3(kThreads), 0, stream, p.y_weights, p.v_history + (l - 1) * n, L * n, B, n,
-                p.eps, p.g);
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
-    scale_kernel(const T* in, T factor, int64_t count, T* out) {
-  for (int64_t e = blockIdx.x * int64_t(kThreads) + threadIdx.x; e < count;
-       e += int64_t(gridDim.x) * kThreads) {
-    out[e] = in[e] * factor;
-  }
-}
-
 // H_ij = (G_ij + Gt_ji) k(C_ij), written over both G (layout of C) and Gt (layout of C^T),
 // a kTile x kTile tile at a time, transposed through shared memory.
 constexpr int kTile = 32;
@@ -237,14 +192,22 @@ __global__ void __launch_bounds__(kTile * kTileRows, kMinTiledBlocks / 2)
 }
 
 // grad[b, r, k] = grad_cost[b] sum_c H(r, c) (a_rk - o_ck) with H(r, c) at
-// H[(b cols + c) rows + r]; the same pass scales the row's weight gradient by grad_cost[b].
+// H[(b cols + c) rows + r], added to grad if accumulate (a self-term's second argument); the
+// same pass scales the row's weight gradient by grad_cost[b], and does only that where grad
+// is null (not wanted).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
     contract_kernel(const T* H, const T* a, const T* o, const T* grad_cost, int64_t batch,
-                    int64_t rows, int64_t cols, int64_t d, T* grad, T* grad_weights) {
+                    int64_t rows, int64_t cols, int64_t d, T* grad, bool accumulate,
+                    T* grad_weights) {
   SK_DYNAMIC_SHARED(T, o_tile);  // kThreads entries: o_ck for a tile of c
   const int64_t r = blockIdx.x * int64_t(kThreads) + threadIdx.x;
   const bool active = r < rows;
+  if (grad == nullptr) {  // the same for the whole grid: no barrier is skipped by some threads
+    for (int64_t b = blockIdx.z; active && blockIdx.y == 0 && b < batch; b += gridDim.z)
+      grad_weights[b * rows + r] *= grad_cost[b];
+    return;
+  }
   for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
     for (int64_t k = blockIdx.y; k < d; k += gridDim.y) {
       const T a_rk = active ? a[(b * rows + r) * d + k] : T(0);
@@ -260,7 +223,8 @@ __global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
         __syncthreads();
       }
       if (!active) continue;
-      grad[(b * rows + r) * d + k] = grad_cost[b] * sum;
+      T& out = grad[(b * rows + r) * d + k];
+      out = (accumulate ? out : T(0)) + grad_cost[b] * sum;
       if (k == 0) grad_weights[b * rows + r] *= grad_cost[b];
     }
   }
@@ -268,11 +232,11 @@ __global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
 
 template <typename T>
 cudaError_t contract(const T* H, const T* a, const T* o, const T* grad_cost, int64_t batch,
-                     int64_t rows, int64_t cols, int64_t d, T* grad, T* grad_weights,
-                     cudaStream_t stream) {
+                     int64_t rows, int64_t cols, int64_t d, T* grad, bool accumulate,
+                     T* grad_weights, cudaStream_t stream) {
   const dim3 grid(blocks_for(rows, kThreads), grid_dim(d), grid_dim(batch));
   return launch(contract_kernel<T>, grid, dim3(kThreads), kThreads * sizeof(T), stream, H, a, o,
-                grad_cost, batch, rows, cols, d, grad, grad_weights);
+                grad_cost, batch, rows, cols, d, grad, accumulate, grad_weights);
 }
 
 template <typename T>
@@ -280,68 +244,47 @@ cudaError_t backward_tiled(const SinkhornParams<T>& p, cudaStream_t stream) {
   const int64_t B = p.batch, m = p.m, n = p.n, d = p.d, L = p.iters;
   SK_CUDA_TRY(build_cost_matrix(p.x, p.y, B, m, n, d, p.cost, p.cost_matrix, stream));
   SK_CUDA_TRY(build_cost_matrix(p.y, p.x, B, n, m, d, p.cost, p.cost_matrix_t, stream));
-  SK_CUDA_TRY(load_level(p, L, stream));
-  SK_CUDA_TRY(cudaMemsetAsync(p.grad_x_weights, 0, B * m * sizeof(T), stream));
-
-  // psi^L_j = (expected cost of column j under P_L) / eps; grad_beta starts at eps psi^L.
-  HalfStep<T> terminal;  // rows j: entry (j, i) of C^T is C[i n + j]
-  terminal.matrix = p.cost_matrix;
-  terminal.h = p.f;
-  terminal.expected_cost = p.grad_y_weights;
-  terminal.batch = B, terminal.rows = n, terminal.cols = m, terminal.eps = p.eps;
-  SK_CUDA_TRY(softmin_step(terminal, stream));
-  SK_CUDA_TRY(launch(scale_kernel<T>, dim3(grid_dim(blocks_for(B * n, kThreads))),
-                     dim3(kThreads), 0, stream, p.grad_y_weights, T(1) / p.eps, B * n,
-                     p.y_adjoint));
-
+  SK_CUDA_TRY(begin_backward(
+      p,
+      [&](HalfStep<T> step, bool) {  // rows j: entry (j, i) of C^T is C[i n + j]
+        step.matrix = p.cost_matrix;
+        return softmin_step(step, stream);
+      },
+      stream));
   for (int64_t l = L; l >= 1; --l) {
-    // Adjoint of the g-update of level l, over the rows i (entry (i, j) at C^T[j m + i]).
-    AdjointStep<T> rows_i;
+    // Over the rows i, entry (i, j) at C^T[j m + i].
+    AdjointStep<T> rows_i = g_update_adjoint(p, l);
     rows_i.matrix = p.cost_matrix_t;
     rows_i.grad_matrix = p.grad_matrix_t;
-    rows_i.h = p.g;
-    rows_i.adj = p.y_adjoint;
-    rows_i.s = p.u_history + (l - 1) * m;
-    rows_i.s_stride = L * m;
-    rows_i.weights = p.x_weights;
-    rows_i.out = p.x_adjoint;
-    rows_i.grad_weights = p.grad_x_weights;
-    rows_i.batch = B, rows_i.rows = m, rows_i.cols = n, rows_i.eps = p.eps;
     SK_CUDA_TRY(adjoint_step(rows_i, l == L, stream));
-    // Adjoint of the f-update of level l, over the rows j (entry (j, i) at C[i n + j]). At
-    // l = 1 it read g^0 = 0: no weight, no adjoint to pass on, only its dW/dC.
-    AdjointStep<T> rows_j;
+    // Over the rows j, entry (j, i) at C[i n + j].
+    AdjointStep<T> rows_j = f_update_adjoint(p, l);
     rows_j.matrix = p.cost_matrix;
     rows_j.grad_matrix = p.grad_matrix;
-    rows_j.h = p.f;
-    rows_j.adj = p.x_adjoint;
-    if (l > 1) {
-      rows_j.s = p.v_history + (l - 2) * n;
-      rows_j.s_stride = L * n;
-      rows_j.weights = p.y_weights;
-      rows_j.out = p.y_adjoint;
-      rows_j.grad_weights = p.grad_y_weights;
-    }
-    rows_j.batch = B, rows_j.rows = n, rows_j.cols = m, rows_j.eps = p.eps;
     SK_CUDA_TRY(adjoint_step(rows_j, false, stream));
-    if (l > 1) SK_CUDA_TRY(load_level(p, l - 1, stream));
+    if (l > 1) {
+      SK_CUDA_TRY(load_f(p, l - 1, stream));
+      SK_CUDA_TRY(load_g(p, l - 1, stream));
+    }
   }
 
   const dim3 tiles(blocks_for(n, kTile), grid_dim(blocks_for(m, kTile)), grid_dim(B));
   SK_CUDA_TRY(launch(combine_kernel<T>, tiles, dim3(kTile, kTileRows),
                      kTile * (kTile + 1) * sizeof(T), stream, p.grad_matrix, p.grad_matrix_t,
                      p.cost_matrix, B, m, n, p.cost));
-  // grad_x reads H in the layout of C^T (rows i fastest), grad_y in the layout of C.
-  SK_CUDA_TRY(contract(p.grad_matrix_t, p.x, p.y, p.grad_cost, B, m, n, d, p.grad_x,
+  // grad_x reads H in the layout of C^T (rows i fastest), grad_y in the layout of C; a
+  // self-term adds the second into grad_x.
+  SK_CUDA_TRY(contract(p.grad_matrix_t, p.x, p.y, p.grad_cost, B, m, n, d, p.grad_x, false,
                        p.grad_x_weights, stream));
-  return contract(p.grad_matrix, p.y, p.x, p.grad_cost, B, n, m, d, p.grad_y, p.grad_y_weights,
-                  stream);
+  return contract(p.grad_matrix, p.y, p.x, p.grad_cost, B, n, m, d,
+                  p.x_is_y ? p.grad_x : p.grad_y, p.x_is_y, p.grad_y_weights, stream);
 }
 
 }  // namespace
 
 template <typename T>
 cudaError_t sinkhorn_backward(const SinkhornParams<T>& p, cudaStream_t stream) {
+  if (p.online) return online_backward(p, stream);
   bool resident = false;
   SK_CUDA_TRY(fits_resident<T>(p.m, p.n, &resident));
   if (!resident) return backward_tiled(p, stream);

@@ -14,7 +14,8 @@ template <typename T>
 cudaError_t sinkhorn_forward(const SinkhornParams<T>& p, cudaStream_t stream);
 
 // The gradients from the replayed history, as sinkhorn::cpu::sinkhorn_backward. grad_matrix
-// and grad_matrix_t must be zero on entry.
+// and grad_matrix_t must be zero on entry (the online backend, p.online, has neither, nor C
+// and C^T).
 template <typename T>
 cudaError_t sinkhorn_backward(const SinkhornParams<T>& p, cudaStream_t stream);
 

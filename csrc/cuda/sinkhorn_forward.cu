@@ -53,57 +53,26 @@ __global__ void __launch_bounds__(kResidentThreads, 1)
   }
 }
 
-// sum_r weights[b, r] values[b, r] for each problem b: one block per problem.
-template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinTiledBlocks)
-    weighted_sum_kernel(const T* weights, const T* values, int64_t batch, int64_t count, T* out) {
-  SK_DYNAMIC_SHARED(T, scratch);
-  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
-    T sum = T(0);
-    for (int64_t r = threadIdx.x; r < count; r += blockDim.x) {
-      sum += weights[b * count + r] * values[b * count + r];
-    }
-    sum = block_sum(sum, scratch);
-    if (threadIdx.x == 0) out[b] = sum;
-  }
-}
-
 template <typename T>
 cudaError_t forward_tiled(const SinkhornParams<T>& p, cudaStream_t stream) {
-  const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters;
+  const int64_t B = p.batch, m = p.m, n = p.n;
   SK_CUDA_TRY(build_cost_matrix(p.x, p.y, B, m, n, p.d, p.cost, p.cost_matrix, stream));
   SK_CUDA_TRY(build_cost_matrix(p.y, p.x, B, n, m, p.d, p.cost, p.cost_matrix_t, stream));
-  SK_CUDA_TRY(cudaMemsetAsync(p.g, 0, B * n * sizeof(T), stream));  // g^0 = 0 (all-zero bits)
-  for (int64_t l = 1; l <= L; ++l) {
-    HalfStep<T> f_step;  // rows i: entry (i, j) of C is C^T[j m + i]
-    f_step.matrix = p.cost_matrix_t;
-    f_step.h = p.g;
-    f_step.weights = p.x_weights;
-    f_step.history = p.u_history + (l - 1) * m;
-    f_step.history_stride = L * m;
-    f_step.potential = p.f;
-    f_step.batch = B, f_step.rows = m, f_step.cols = n, f_step.eps = p.eps;
-    SK_CUDA_TRY(softmin_step(f_step, stream));
-
-    HalfStep<T> g_step;  // rows j: entry (j, i) of C^T is C[i n + j]
-    g_step.matrix = p.cost_matrix;
-    g_step.h = p.f;
-    g_step.weights = p.y_weights;
-    g_step.history = p.v_history + (l - 1) * n;
-    g_step.history_stride = L * n;
-    g_step.potential = p.g;
-    g_step.expected_cost = l == L ? p.y_adjoint : nullptr;
-    g_step.batch = B, g_step.rows = n, g_step.cols = m, g_step.eps = p.eps;
-    SK_CUDA_TRY(softmin_step(g_step, stream));
-  }
-  return launch(weighted_sum_kernel<T>, dim3(grid_dim(B)), dim3(kThreads), kThreads * sizeof(T),
-                stream, p.y_weights, p.y_adjoint, B, n, p.cost_out);
+  // Rows i read entry (i, j) of C at C^T[j m + i], rows j entry (j, i) of C^T at C[i n + j].
+  return run_iterations(
+      p,
+      [&](HalfStep<T> step, bool over_x) {
+        step.matrix = over_x ? p.cost_matrix_t : p.cost_matrix;
+        return softmin_step(step, stream);
+      },
+      stream);
 }
 
 }  // namespace
 
 template <typename T>
 cudaError_t sinkhorn_forward(const SinkhornParams<T>& p, cudaStream_t stream) {
+  if (p.online) return online_forward(p, stream);
   bool resident = false;
   SK_CUDA_TRY(fits_resident<T>(p.m, p.n, &resident));
   if (!resident) return forward_tiled(p, stream);

@@ -150,6 +150,8 @@ int64_t check_backward_inputs(const at::Tensor& x, const at::Tensor& grad, const
 struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
+  bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
+  bool needs_grad_y = true;  // the backward computes grad_y (unless x_is_y)
 
   int64_t batch() const { return x.size(0); }
   int64_t m() const { return x.size(1); }
@@ -182,6 +184,7 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
                     std::numeric_limits<T>::min(), " to ", std::numeric_limits<T>::max(), ")");
   p.cost = cost;
   p.online = online;
+  p.x_is_y = problem.x_is_y;
   p.u_history = problem.u_history.data_ptr<T>();
   p.v_history = problem.v_history.data_ptr<T>();
   return p;
@@ -189,13 +192,17 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
 
 // Runs fn(k) for the k < count independent problems: at once on the host threads where the
 // kernels allow it and each problem is small enough to run on one thread anyway (the CPU
-// kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
+// kernels' chunks are about 2^18 multiply-adds per half-step, and a cost matrix of up to
+// 2^23 multiply-adds takes BLAS about 0.1 ms), one after another otherwise.
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
-  int64_t largest = 0;
-  for (const Problem& pr : problems) largest = std::max(largest, pr.batch() * pr.m() * pr.n());
+  bool small = true;
+  for (const Problem& pr : problems) {
+    const int64_t size = pr.batch() * pr.m() * pr.n();
+    small = small && size <= (int64_t{1} << 18) && size * pr.x.size(2) <= (int64_t{1} << 23);
+  }
   const int64_t count = static_cast<int64_t>(problems.size());
-  if (kernels.concurrent_problems && count > 1 && largest <= (int64_t{1} << 18)) {
+  if (kernels.concurrent_problems && count > 1 && small) {
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) fn(k);
     });
@@ -228,11 +235,14 @@ std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>
       auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
       at::Tensor workspace;
-      if (kernels.needs_workspace) {  // C, C^T, f, g, the column costs
-        workspace = at::empty({2 * B * m * n + B * m + 2 * B * n}, pr.x.options());
+      if (kernels.needs_workspace) {  // C and C^T (not online), f, g, the column costs
+        const int64_t matrices = online ? 0 : 2 * B * m * n;
+        workspace = at::empty({matrices + B * m + 2 * B * n}, pr.x.options());
         Carve<scalar_t> take{workspace.mutable_data_ptr<scalar_t>()};
-        p.cost_matrix = take(B * m * n);
-        p.cost_matrix_t = take(B * n * m);
+        if (!online) {
+          p.cost_matrix = take(B * m * n);
+          p.cost_matrix_t = take(B * n * m);
+        }
         p.f = take(B * m);
         p.g = take(B * n);
         p.y_adjoint = take(B * n);
@@ -253,8 +263,9 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
                                     int64_t iters, Cost cost, bool online) {
   std::vector<Gradients> grads;
   for (const Problem& pr : problems) {
-    grads.push_back({at::empty_like(pr.x), at::empty_like(pr.y), at::empty_like(pr.x_weights),
-                     at::empty_like(pr.y_weights)});
+    const bool grad_y = pr.needs_grad_y && !pr.x_is_y;
+    grads.push_back({at::empty_like(pr.x), grad_y ? at::empty_like(pr.y) : at::Tensor(),
+                     at::empty_like(pr.x_weights), at::empty_like(pr.y_weights)});
   }
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn_backward", [&] {
     for_each_problem(kernels, problems, [&](int64_t k) {
@@ -263,22 +274,26 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
       auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
       p.grad_cost = grad_costs[k].const_data_ptr<scalar_t>();
       p.grad_x = grads[k].x.mutable_data_ptr<scalar_t>();
-      p.grad_y = grads[k].y.mutable_data_ptr<scalar_t>();
+      p.grad_y = grads[k].y.defined() ? grads[k].y.mutable_data_ptr<scalar_t>() : nullptr;
       p.grad_x_weights = grads[k].x_weights.mutable_data_ptr<scalar_t>();
       p.grad_y_weights = grads[k].y_weights.mutable_data_ptr<scalar_t>();
       at::Tensor workspace, grad_matrices;
-      if (kernels.needs_workspace) {  // C, C^T, f, g, phi, psi; the zeroed gradient matrices
-        workspace = at::empty({2 * B * m * n + 2 * B * m + 2 * B * n}, pr.x.options());
-        grad_matrices = at::zeros({2 * B * m * n}, pr.x.options());
+      if (kernels.needs_workspace) {  // C, C^T and the zeroed gradient matrices (not online);
+                                      // f, g, phi, psi
+        const int64_t matrices = online ? 0 : 2 * B * m * n;
+        workspace = at::empty({matrices + 2 * B * m + 2 * B * n}, pr.x.options());
         Carve<scalar_t> take{workspace.mutable_data_ptr<scalar_t>()};
-        p.cost_matrix = take(B * m * n);
-        p.cost_matrix_t = take(B * n * m);
+        if (!online) {
+          p.cost_matrix = take(B * m * n);
+          p.cost_matrix_t = take(B * n * m);
+          grad_matrices = at::zeros({2 * B * m * n}, pr.x.options());
+          p.grad_matrix = grad_matrices.mutable_data_ptr<scalar_t>();
+          p.grad_matrix_t = p.grad_matrix + B * m * n;
+        }
         p.f = take(B * m);
         p.g = take(B * n);
         p.x_adjoint = take(B * m);
         p.y_adjoint = take(B * n);
-        p.grad_matrix = grad_matrices.mutable_data_ptr<scalar_t>();
-        p.grad_matrix_t = p.grad_matrix + B * m * n;
       }
       kernels.of<scalar_t>().backward(p);
     });
@@ -290,8 +305,8 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
 std::vector<Problem> loss_problems(const at::Tensor& x, const at::Tensor& y,
                                    const at::Tensor& x_weights, const at::Tensor& y_weights) {
   const Problem xy = make_problem(x, y, x_weights, y_weights);
-  return {xy, {xy.x, xy.x, xy.x_weights, xy.x_weights, {}, {}},
-          {xy.y, xy.y, xy.y_weights, xy.y_weights, {}, {}}};
+  return {xy, {xy.x, xy.x, xy.x_weights, xy.x_weights, {}, {}, /*x_is_y=*/true},
+          {xy.y, xy.y, xy.y_weights, xy.y_weights, {}, {}, /*x_is_y=*/true}};
 }
 
 }  // namespace
@@ -372,6 +387,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
   for (int k = 0; k < 3; ++k) {
     if (!wanted[k]) continue;
     problems.push_back(all[k]);
+    problems.back().needs_grad_y = k != 0 || output_mask[1];
     problems.back().u_history = histories[2 * k]->contiguous();
     problems.back().v_history = histories[2 * k + 1]->contiguous();
     problem_grads.push_back(grad_costs[k]);
@@ -379,18 +395,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
   }
   const std::vector<Gradients> g =
       run_backward(kernels, problems, problem_grads, eps, iters, cost, online);
-  Gradients total = g[0];  // W(x, y)
+  Gradients total = g[0];  // W(x, y); its own tensors, so added to in place
   for (std::size_t k = 1; k < g.size(); ++k) {
-    // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments.
+    // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments
+    // (the kernels sum the cloud's two, x_is_y).
     at::Tensor& cloud = which[k] == 1 ? total.x : total.y;
     at::Tensor& weights = which[k] == 1 ? total.x_weights : total.y_weights;
-    cloud = cloud + g[k].x + g[k].y;
-    weights = weights + g[k].x_weights + g[k].y_weights;
+    cloud.add_(g[k].x);
+    weights.add_(g[k].x_weights).add_(g[k].y_weights);
   }
-  // Those not asked for lack their self-term: they are returned as zeros.
+  // Those not asked for lack their self-term (and grad_y its contraction): they are returned
+  // as zeros.
   std::array<at::Tensor*, 4> outputs = {&total.x, &total.y, &total.x_weights, &total.y_weights};
+  const std::array<const at::Tensor*, 4> inputs = {&x, &y, &x_weights, &y_weights};
   for (int k = 0; k < 4; ++k)
-    if (!output_mask[k]) *outputs[k] = at::zeros_like(*outputs[k]);
+    if (!output_mask[k]) *outputs[k] = at::zeros(inputs[k]->sizes(), inputs[k]->options());
   return {total.x, total.y, total.x_weights, total.y_weights};
 }
 

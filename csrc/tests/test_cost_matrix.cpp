@@ -1,9 +1,11 @@
-// csrc/cpu/cost_matrix.h: the cost matrix and the contraction with the clouds, on both paths
-// (row kernels below kGemmMinDim, matrix products from it on), against pair_cost and a plain
-// loop; coincident and near-coincident points get their exact distance on the product path.
+// csrc/cpu/cost_matrix.h: the cost matrix and the contraction with the clouds (also of a
+// self-term), on both paths (row kernels below kGemmMinDim, matrix products from it on),
+// against pair_cost and plain loops; coincident and near-coincident points get their exact
+// distance on the product path.
 #include <cmath>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cost.h"
@@ -34,7 +36,7 @@ void check_cost_matrix(int64_t d, Cost cost, double rtol) {
   }
   std::vector<T> M(static_cast<std::size_t>(B * rows * cols));
   sinkhorn::cpu::build_cost_matrix(sinkhorn::cpu::Cloud<T>(a.data(), B, rows, d),
-                                   sinkhorn::cpu::Cloud<T>(b.data(), B, cols, d), cost, M.data());
+                                   sinkhorn::cpu::Cloud<T>(b.data(), B, cols, d), false, cost, M.data());
   const std::string where = "d=" + std::to_string(d) + (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t r = 0; r < rows; ++r)
@@ -47,34 +49,67 @@ void check_cost_matrix(int64_t d, Cost cost, double rtol) {
   SK_CHECK(M[(0 * rows + 5) * cols + 3] == T(0)) << where << ": coincident points";
 }
 
+// A self-term's C (b is a), built as a symmetric matrix: rows across several of its 64-row
+// blocks and 32-point mirrored tiles, and a zero diagonal.
+template <typename T>
+void check_self_cost_matrix(int64_t d, Cost cost, double rtol) {
+  const int64_t B = 2, rows = 150;
+  const std::vector<T> a = cloud<T>(B * rows, d, 7);
+  const sinkhorn::cpu::Cloud<T> ca(a.data(), B, rows, d);
+  std::vector<T> M(static_cast<std::size_t>(B * rows * rows));
+  sinkhorn::cpu::build_cost_matrix(ca, ca, true, cost, M.data());
+  const std::string where = "self-term d=" + std::to_string(d) + (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
+  for (int64_t bi = 0; bi < B; ++bi)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < rows; ++c) {
+        const T expected = sinkhorn::pair_cost(a.data() + (bi * rows + r) * d,
+                                               a.data() + (bi * rows + c) * d, static_cast<int>(d), cost);
+        const T got = M[(bi * rows + r) * rows + c];
+        SK_CHECK_CLOSE(got, expected, rtol * std::fabs(expected)) << where << " at " << bi << "," << r << "," << c;
+        SK_CHECK(got == M[(bi * rows + c) * rows + r]) << where << ": not symmetric at " << r << "," << c;
+      }
+}
+
+// grad_a and grad_b against plain loops, with a per-batch scale; and the self-term, where
+// grad_a gets both arguments' gradients from one contraction of H + H^T.
 template <typename T>
 void check_contraction(int64_t d, double rtol) {
+  using sinkhorn::cpu::Cloud;
   const int64_t B = 2, rows = 7, cols = 11;
+  const T scale[] = {T(1), T(-0.5)};
   const std::vector<T> a = cloud<T>(B * rows, d, 3), b = cloud<T>(B * cols, d, 4);
   const std::vector<T> H = cloud<T>(B * rows * cols, 1, 5);
+  const std::vector<T> H_self = cloud<T>(B * rows * rows, 1, 6);
   std::vector<T> out(static_cast<std::size_t>(B * rows * d)), out_t(static_cast<std::size_t>(B * cols * d));
-  sinkhorn::cpu::contract_with_clouds(H.data(), sinkhorn::cpu::Cloud<T>(a.data(), B, rows, d),
-                                      sinkhorn::cpu::Cloud<T>(b.data(), B, cols, d), out.data(),
-                                      out_t.data());
+  std::vector<T> out_self(out.size()), work = H, work_self = H_self;
+  const Cloud<T> ca(a.data(), B, rows, d), cb(b.data(), B, cols, d);
+  sinkhorn::cpu::contract_with_clouds(work.data(), ca, cb, false, scale, out.data(), out_t.data());
+  sinkhorn::cpu::contract_with_clouds(work_self.data(), ca, ca, true, scale, out_self.data(),
+                                      static_cast<T*>(nullptr));
+  // sum_c h(c) (p_k - q(c)_k) over count terms, and the sum of its terms' magnitudes.
+  auto contraction = [](int64_t count, auto h, T p_k, auto q_k) {
+    double sum = 0, magnitude = 0;
+    for (int64_t c = 0; c < count; ++c) {
+      sum += h(c) * (p_k - q_k(c));
+      magnitude += std::fabs(h(c)) * (std::fabs(p_k) + std::fabs(q_k(c)));
+    }
+    return std::make_pair(sum, magnitude);
+  };
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t k = 0; k < d; ++k) {
+      auto a_k = [&](int64_t r) { return a[(bi * rows + r) * d + k]; };
+      auto b_k = [&](int64_t c) { return b[(bi * cols + c) * d + k]; };
       for (int64_t r = 0; r < rows; ++r) {
-        double expected = 0, scale = 0;
-        for (int64_t c = 0; c < cols; ++c) {
-          const double h = H[(bi * rows + r) * cols + c];
-          expected += h * (a[(bi * rows + r) * d + k] - b[(bi * cols + c) * d + k]);
-          scale += std::fabs(h) * (std::fabs(a[(bi * rows + r) * d + k]) + std::fabs(b[(bi * cols + c) * d + k]));
-        }
-        SK_CHECK_CLOSE(out[(bi * rows + r) * d + k], expected, rtol * scale) << "d=" << d << " out";
+        const auto [sum, mag] = contraction(cols, [&](int64_t c) { return H[(bi * rows + r) * cols + c]; }, a_k(r), b_k);
+        SK_CHECK_CLOSE(out[(bi * rows + r) * d + k], scale[bi] * sum, rtol * mag) << "d=" << d << " grad_a";
+        const auto [self, self_mag] = contraction(rows, [&](int64_t c) {
+          return H_self[(bi * rows + r) * rows + c] + H_self[(bi * rows + c) * rows + r];
+        }, a_k(r), a_k);
+        SK_CHECK_CLOSE(out_self[(bi * rows + r) * d + k], scale[bi] * self, rtol * self_mag) << "d=" << d << " self-term";
       }
       for (int64_t c = 0; c < cols; ++c) {
-        double expected = 0, scale = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const double h = H[(bi * rows + r) * cols + c];
-          expected += h * (b[(bi * cols + c) * d + k] - a[(bi * rows + r) * d + k]);
-          scale += std::fabs(h) * (std::fabs(a[(bi * rows + r) * d + k]) + std::fabs(b[(bi * cols + c) * d + k]));
-        }
-        SK_CHECK_CLOSE(out_t[(bi * cols + c) * d + k], expected, rtol * scale) << "d=" << d << " out_t";
+        const auto [sum, mag] = contraction(rows, [&](int64_t r) { return H[(bi * rows + r) * cols + c]; }, b_k(c), a_k);
+        SK_CHECK_CLOSE(out_t[(bi * cols + c) * d + k], scale[bi] * sum, rtol * mag) << "d=" << d << " grad_b";
       }
     }
 }
@@ -90,16 +125,18 @@ SK_TEST(cost_matrix, row_kernel_path_matches_pair_cost) {
 
 // |a|^2 + |b|^2 - 2 a.b is exact to rounding of the norms; the distances here are at least
 // 1/32 of them, or recomputed.
-SK_TEST(cost_matrix, product_path_matches_pair_cost) {
+SK_TEST(cost_matrix, product_path_and_symmetric_self_term_match_pair_cost) {
   for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
     for (int64_t d : {sinkhorn::cpu::kGemmMinDim, int64_t{64}, int64_t{784}}) {
       check_cost_matrix<double>(d, cost, 1e-12);
       check_cost_matrix<float>(d, cost, 1e-4);
+      check_self_cost_matrix<double>(d, cost, 1e-12);
+      check_self_cost_matrix<float>(d, cost, 1e-4);
     }
   }
 }
 
-SK_TEST(cost_matrix, contraction_on_both_paths) {
+SK_TEST(cost_matrix, contraction_and_self_term_contraction_on_both_paths) {
   for (int64_t d : {int64_t{1}, int64_t{3}, sinkhorn::cpu::kGemmMinDim, int64_t{100}}) {
     check_contraction<double>(d, 1e-14);
     check_contraction<float>(d, 1e-5);

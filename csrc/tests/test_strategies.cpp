@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -36,7 +37,7 @@ template <typename T, void (*Strategy)(const SinkhornParams<T>&, const T*)>
 void with_cost_matrix(const SinkhornParams<T>& p) {
   std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
-  sinkhorn::cpu::build_cost_matrix(x, y, p.cost, C.data());
+  sinkhorn::cpu::build_cost_matrix(x, y, p.x_is_y, p.cost, C.data());
   Strategy(p, C.data());
 }
 
@@ -45,7 +46,7 @@ template <typename T, void (*Strategy)(const SinkhornParams<T>&, const Costs<T>&
 void with_costs(const SinkhornParams<T>& p) {
   std::vector<T> C(static_cast<std::size_t>(p.batch * p.m * p.n));
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
-  if (Stored) sinkhorn::cpu::build_cost_matrix(x, y, p.cost, C.data());
+  if (Stored) sinkhorn::cpu::build_cost_matrix(x, y, p.x_is_y, p.cost, C.data());
   Strategy(p, Costs<T>(x, y, p.cost, Stored ? C.data() : nullptr));
 }
 
@@ -215,5 +216,78 @@ SK_TEST(online, thread_counts_agree_to_rounding) {
           << threads << " threads, backward: " << max_rel_diff(*got, *expected);
     const auto [fk2, gk2] = run(threads);
     SK_CHECK(gk2.x == gk.x && gk2.y == gk.y) << threads << " threads, repeated";
+  }
+}
+
+namespace {
+
+// A backward kernel run as the loss's self-term (x_is_y, no grad_y), or without grad_y.
+template <typename T, typename Kernel>
+auto as_self_term(Kernel backward) {
+  return [backward](const SinkhornParams<T>& p) {
+    SinkhornParams<T> q = p;
+    q.x_is_y = true;
+    q.grad_y = nullptr;
+    backward(q);
+  };
+}
+
+template <typename T, typename Kernel>
+auto without_grad_y(Kernel backward) {
+  return [backward](const SinkhornParams<T>& p) {
+    SinkhornParams<T> q = p;
+    q.grad_y = nullptr;
+    backward(q);
+  };
+}
+
+// For one backward: as a self-term, grad_x is the plain backward's grad_x + grad_y (to
+// rounding); without grad_y, grad_y is left alone and the other three are unchanged.
+template <typename Forward, typename Backward>
+void check_self_term_and_skipped_grad_y(const Problem<double>& p, Forward forward, Backward backward,
+                                        const std::string& name) {
+  const std::string where = " (" + name + ", " + p.describe() + ")";
+  Problem<double> self = p;  // y = x, beta = alpha
+  self.n = self.m, self.y = self.x, self.b = self.a;
+  const ForwardResult<double> fw = sktest::run_forward(self, forward);
+  const std::vector<double> grad_cost(static_cast<std::size_t>(p.B), 0.7);
+  const Grads<double> plain = sktest::run_backward(self, fw, grad_cost, backward);
+  const Grads<double> merged = sktest::run_backward(self, fw, grad_cost, as_self_term<double>(backward));
+  std::vector<double> both(plain.x.size());
+  for (std::size_t k = 0; k < both.size(); ++k) both[k] = plain.x[k] + plain.y[k];
+  SK_CHECK(max_rel_diff(merged.x, both) <= 1e-12) << "self-term grad_x" << where;
+  SK_CHECK(std::all_of(merged.y.begin(), merged.y.end(), [](double v) { return std::isnan(v); }))
+      << "self-term wrote grad_y" << where;
+  // (C of a self-term is built as the symmetric matrix it is: equal to rounding.)
+  SK_CHECK(max_rel_diff(merged.a, plain.a) <= 1e-12 && max_rel_diff(merged.b, plain.b) <= 1e-12)
+      << "self-term weight gradients" << where;
+
+  const ForwardResult<double> fw_xy = sktest::run_forward(p, forward);
+  const Grads<double> all = sktest::run_backward(p, fw_xy, grad_cost, backward);
+  const Grads<double> skipped = sktest::run_backward(p, fw_xy, grad_cost, without_grad_y<double>(backward));
+  SK_CHECK(skipped.x == all.x && skipped.a == all.a && skipped.b == all.b) << "without grad_y" << where;
+  SK_CHECK(std::all_of(skipped.y.begin(), skipped.y.end(), [](double v) { return std::isnan(v); }))
+      << "grad_y written" << where;
+}
+
+}  // namespace
+
+SK_TEST(strategies, self_term_sums_both_arguments_and_grad_y_can_be_skipped) {
+  using namespace sinkhorn::cpu;
+  // d = 3 takes the row kernels, d = 20 the matrix products; eps = 0.02 the log domain.
+  for (int64_t d : {int64_t{3}, int64_t{20}}) {
+    for (double eps : {0.5, 0.02}) {
+      const auto p = make_problem<double>(2, 37, 29, d, 4, eps, Cost::kEuclidean, 70 + d);
+      check_self_term_and_skipped_grad_y(p, with_cost_matrix<double, log_domain_forward<double>>,
+                                         with_cost_matrix<double, log_domain_backward<double>>, "log domain");
+      if (eps == 0.5) {
+        check_self_term_and_skipped_grad_y(p, with_costs<double, scaling_forward<double>, true>,
+                                           with_costs<double, scaling_backward<double>, true>, "scaling, stored");
+        check_self_term_and_skipped_grad_y(p, with_costs<double, scaling_forward<double>, false>,
+                                           with_costs<double, scaling_backward<double>, false>, "scaling, recomputed");
+      }
+      check_self_term_and_skipped_grad_y(p, online<double, sinkhorn_forward<double>>,
+                                         online<double, sinkhorn_backward<double>>, "online");
+    }
   }
 }

@@ -29,7 +29,7 @@ constexpr Kernels kCudaKernels{{forward<float>, backward<float>},
                                {forward<double>, backward<double>},
                                /*needs_workspace=*/true,
                                /*concurrent_problems=*/false,
-                               /*online_backend=*/false,
+                               /*online_backend=*/true,
                                "CUDA"};
 
 std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
