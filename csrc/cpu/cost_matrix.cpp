@@ -15,6 +15,17 @@ namespace {
 // directly (so coincident points get exactly 0, which the euclidean gradient relies on).
 constexpr double kRecomputeBelow = 1.0 / 32;
 
+// fn(r, c) for every c >= r < n, by 32 x 32 tiles, so that a symmetric update of (r, c) and
+// (c, r) reads and writes the transposed side a cache line at a time.
+template <typename Fn>
+void for_each_pair_on_or_above_diagonal(int64_t n, const Fn& fn) {
+  constexpr int64_t kTile = 32;
+  for (int64_t r0 = 0; r0 < n; r0 += kTile)
+    for (int64_t c0 = r0; c0 < n; c0 += kTile)
+      for (int64_t r = r0; r < std::min(n, r0 + kTile); ++r)
+        for (int64_t c = std::max(c0, r); c < std::min(n, c0 + kTile); ++c) fn(r, c);
+}
+
 }  // namespace
 
 template <typename T>
@@ -66,18 +77,16 @@ void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost c
   if (b_is_a && a.by_products()) {
     // C = C^T: the rows' blocks from the diagonal on, one BLAS product each (threaded by BLAS
     // itself: the blocks shrink, so splitting them over threads would not balance), then the
-    // rest mirrored by tiles. Half the flops of the full product.
-    constexpr int64_t kBlock = 64, kTile = 32;
+    // rest mirrored. Half the flops of the full product.
+    constexpr int64_t kBlock = 64;
     for (int64_t bi = 0; bi < a.batch; ++bi) {
       T* Mb = M + bi * rows * rows;
       for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
         cost_tile(a, a, bi, r0, std::min(rows, r0 + kBlock), r0, rows, cost, Mb + r0 * rows + r0,
                   rows);
-      for (int64_t r0 = 0; r0 < rows; r0 += kTile)
-        for (int64_t c0 = r0; c0 < rows; c0 += kTile)
-          for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r)
-            for (int64_t c = std::max(c0, r + 1); c < std::min(rows, c0 + kTile); ++c)
-              Mb[c * rows + r] = Mb[r * rows + c];
+      for_each_pair_on_or_above_diagonal(rows, [&](int64_t r, int64_t c) {
+        Mb[c * rows + r] = Mb[r * rows + c];
+      });
     }
     return;
   }
@@ -92,14 +101,11 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
                           const T* scale, T* grad_a, T* grad_b) {
   const int64_t batch = a.batch, rows = a.count, cols = b.count, d = a.d;
   if (b_is_a) {  // sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c): the rows of H + H^T
-    constexpr int64_t kBlock = 32;
     for (int64_t bi = 0; bi < batch; ++bi) {
       T* Hb = H + bi * rows * rows;
-      for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
-        for (int64_t c0 = r0; c0 < rows; c0 += kBlock)
-          for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r)
-            for (int64_t c = std::max(c0, r); c < std::min(rows, c0 + kBlock); ++c)
-              Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+      for_each_pair_on_or_above_diagonal(rows, [&](int64_t r, int64_t c) {
+        Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+      });
     }
   }
   if (a.by_products()) {
