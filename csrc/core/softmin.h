@@ -110,7 +110,7 @@ SK_HOST_DEVICE SK_INLINE T softmin_adjoint_row(const T* __restrict__ row, const 
 //   softmin_r(h) = -gamma - eps log(sum_c K_rc e_c).
 template <typename T>
 SK_HOST_DEVICE SK_INLINE T scaled_softmin(T sum, T shift, T eps) {
-  return -shift - eps * std::log(sum);
+  return -shift - eps * fast_log(sum);
 }
 
 // Whether the scaling form gives the log-domain results to rounding, given max M / eps.

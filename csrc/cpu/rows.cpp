@@ -221,6 +221,10 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                 T* __restrict__ out) {                                       \
     _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = fast_exp((v[c] - shift) * scale); \
   }                                                                                          \
+  SK_CPU_CLONES void scaled_softmins(const T* __restrict__ sums, T shift, T eps, int n,     \
+                                     T* __restrict__ out) {                                  \
+    _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = scaled_softmin(sums[c], shift, eps); \
+  }                                                                                          \
   SK_CPU_CLONES void matvec(const T* M, int rows, int n, const T* v, T* out) {              \
     matvec_impl<T, false>(M, nullptr, rows, n, v, out);                                      \
   }                                                                                          \

@@ -55,6 +55,9 @@ void accumulate_piece(const double* gk, int n, const double* bt, long stride, co
 // out_c = exp((v_c - shift) * scale)
 void exp_affine(const float* v, float shift, float scale, int n, float* out);
 void exp_affine(const double* v, double shift, double scale, int n, double* out);
+// out_c = scaled_softmin(sums_c, shift, eps) = -shift - eps log(sums_c) (core/softmin.h)
+void scaled_softmins(const float* sums, float shift, float eps, int n, float* out);
+void scaled_softmins(const double* sums, double shift, double eps, int n, double* out);
 // out_r = sum_c M_rc v_c for the rows r < rows of M (rows, n), four rows at a time
 void matvec(const float* M, int rows, int n, const float* v, float* out);
 void matvec(const double* M, int rows, int n, const double* v, double* out);

@@ -37,7 +37,8 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
 }
 
 // out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols), by blocks of columns, each
-// reading its stripe of every row; then finish(b, c) for each column.
+// reading its stripe of every row; then finish(b, c0, c1) on each block [c0, c1), on the
+// thread that computed it (the finishing steps are vector loops over the block).
 template <typename T, typename Finish>
 void column_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
                      const Finish& finish) {
@@ -47,18 +48,19 @@ void column_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_
     std::fill(acc, acc + width, T(0));
     matvec_transposed(M + b * rows * cols + c0, static_cast<int>(rows), cols, width,
                       v + b * rows, acc);
-    for (int64_t c = c0; c < c1; ++c) finish(b, c);
+    finish(b, c0, c1);
   });
 }
 
-// out[b, r] = sum_c M[b, r, c] v[b, c] for M (B, rows, cols), then finish(b, r) for each row.
+// out[b, r] = sum_c M[b, r, c] v[b, c] for M (B, rows, cols), then finish(b, r0, r1) on each
+// range of rows.
 template <typename T, typename Finish>
 void row_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
                   const Finish& finish) {
   for_each_row_range(batch, rows, cols, [&](int64_t b, int64_t r0, int64_t r1) {
     matvec(M + (b * rows + r0) * cols, static_cast<int>(r1 - r0), static_cast<int>(cols),
            v + b * cols, out + b * rows + r0);
-    for (int64_t r = r0; r < r1; ++r) finish(b, r);
+    finish(b, r0, r1);
   });
 }
 
@@ -136,17 +138,17 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   for (int64_t l = 1; l <= L; ++l) {
     // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
     shifted_exp(g, B, n, eps, shift, e);
-    row_products(K, e, B, m, n, row, [&](int64_t b, int64_t i) {
-      const T u = scaled_softmin(row[b * m + i], shift[b], eps);
-      p.u_history[(b * L + l - 1) * m + i] = u;
-      f[b * m + i] = log_alpha[b * m + i] + u;
+    row_products(K, e, B, m, n, row, [&](int64_t b, int64_t i0, int64_t i1) {
+      T* u = p.u_history + (b * L + l - 1) * m;
+      scaled_softmins(row + b * m + i0, shift[b], eps, static_cast<int>(i1 - i0), u + i0);
+      for (int64_t i = i0; i < i1; ++i) f[b * m + i] = log_alpha[b * m + i] + u[i];
     });
     // g-update: v^l_j from the column j of K and f^l.
     shifted_exp(f, B, m, eps, shift, e);
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
-      const T v = scaled_softmin(column[b * n + j], shift[b], eps);
-      p.v_history[(b * L + l - 1) * n + j] = v;
-      g[b * n + j] = log_beta[b * n + j] + v;
+    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j0, int64_t j1) {
+      T* v = p.v_history + (b * L + l - 1) * n;
+      scaled_softmins(column + b * n + j0, shift[b], eps, static_cast<int>(j1 - j0), v + j0);
+      for (int64_t j = j0; j < j1; ++j) g[b * n + j] = log_beta[b * n + j] + v[j];
     });
   }
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
@@ -154,10 +156,8 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   shifted_exp(g, B, n, eps, shift, e);
   cost_kernel_row_products(C, K, e, B, m, n, row);
   for (int64_t b = 0; b < B; ++b) {
-    T w = T(0);
-    for (int64_t i = 0; i < m; ++i)
-      w += fast_exp((f[b * m + i] + shift[b]) * inv_eps) * row[b * m + i];
-    p.cost_out[b] = w;
+    exp_affine(f + b * m, -shift[b], inv_eps, static_cast<int>(m), e);
+    p.cost_out[b] = dot(e, row + b * m, static_cast<int>(m));
   }
 }
 
@@ -171,7 +171,8 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * std::max(m, n)), shift_buffer(B);
   Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
   Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
-  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get();
+  Buffer<T> factor_buffer(B * std::max(m, n));  // exponential factors, by rows or by columns
+  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *factor = factor_buffer.get();
   T *phi = phi_buffer.get(), *psi = psi_buffer.get(), *e = e_buffer.get();
   T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
   // dW/dC = K * (sum_k A[:, k] F[k, :] + terminal_row terminal_column^T (1 - C / eps)).
@@ -193,13 +194,13 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   // and terminal_column_j = exp((g_j - gamma) / eps); psi^L_j = sum_i C_ij P_ij / (eps beta_j).
   shifted_exp(g, B, n, eps, shift, terminal_column);
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < m; ++i)
-      terminal_row[b * m + i] = fast_exp((f[b * m + i] + shift[b]) * inv_eps);
+    exp_affine(f + b * m, -shift[b], inv_eps, static_cast<int>(m), terminal_row + b * m);
   cost_kernel_column_products(C, K, terminal_row, B, m, n, column);
   for (int64_t b = 0; b < B; ++b) {
+    // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
+    exp_affine(v_at(b, L), shift[b], inv_eps, static_cast<int>(n), factor);
     for (int64_t j = 0; j < n; ++j) {
-      // exp((v_j - gamma) / eps) = terminal_column_j / beta_j, finite where beta_j = 0.
-      const T expected_cost = fast_exp((v_at(b, L)[j] - shift[b]) * inv_eps) * column[b * n + j];
+      const T expected_cost = factor[j] * column[b * n + j];
       psi[b * n + j] = expected_cost * inv_eps;
       p.grad_y_weights[b * n + j] = expected_cost;  // eps * psi^L
     }
@@ -216,13 +217,20 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
       for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
     for (int64_t b = 0; b < B; ++b) {
       row_products(K + b * m * n, F + (b * R + k) * n, 1, m, n,
-                   phi + b * m, [&](int64_t, int64_t i) {
-        const int64_t bi = b * m + i;
-        const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
-        const T out = fast_exp((u_at(b, l)[i] + shift[b]) * inv_eps) * sum;
-        phi[bi] = out;
-        p.grad_x_weights[bi] += eps * out;
-        A[bi * R + k] = fast_exp((f[bi] + shift[b]) * inv_eps);  // alpha_i exp((u_i + gamma) / eps)
+                   phi + b * m, [&](int64_t, int64_t i0, int64_t i1) {
+        const int count = static_cast<int>(i1 - i0);
+        T* row_factor = factor + b * m + i0;
+        exp_affine(u_at(b, l) + i0, -shift[b], inv_eps, count, row_factor);
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t bi = b * m + i;
+          const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
+          const T out = row_factor[i - i0] * sum;
+          phi[bi] = out;
+          p.grad_x_weights[bi] += eps * out;
+        }
+        // alpha_i exp((u_i + gamma) / eps)
+        exp_affine(f + b * m + i0, -shift[b], inv_eps, count, row_factor);
+        for (int64_t i = i0; i < i1; ++i) A[(b * m + i) * R + k] = row_factor[i - i0];
       });
     }
     // Adjoint of the f-update, over the columns j: e_ji = exp((s_j + f_i - C_ij) / eps)
@@ -233,15 +241,22 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
       e[bi] *= phi[bi];
       A[bi * R + k + 1] = e[bi];
     }
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j) {
-      const int64_t bj = b * n + j;
-      const T s = l > 1 ? v_at(b, l - 1)[j] : T(0);
-      const T previous_g = l > 1 ? log_beta[bj] + s : T(0);
-      F[(b * R + k + 1) * n + j] = fast_exp((previous_g + shift[b]) * inv_eps);
-      if (l > 1) {
-        const T out = -fast_exp((s + shift[b]) * inv_eps) * column[bj];
-        psi[bj] = out;
-        p.grad_y_weights[bj] += eps * out;
+    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j0, int64_t j1) {
+      T* F_row = F + (b * R + k + 1) * n;
+      if (l == 1) {  // g^0 = 0
+        std::fill(F_row + j0, F_row + j1, fast_exp(shift[b] * inv_eps));
+        return;
+      }
+      const int count = static_cast<int>(j1 - j0);
+      const T* s = v_at(b, l - 1);
+      T* column_factor = factor + b * n + j0;
+      for (int64_t j = j0; j < j1; ++j) column_factor[j - j0] = log_beta[b * n + j] + s[j];
+      exp_affine(column_factor, -shift[b], inv_eps, count, F_row + j0);  // from g^{l-1}
+      exp_affine(s + j0, -shift[b], inv_eps, count, column_factor);
+      for (int64_t j = j0; j < j1; ++j) {
+        const T out = -column_factor[j - j0] * column[b * n + j];
+        psi[b * n + j] = out;
+        p.grad_y_weights[b * n + j] += eps * out;
       }
     });
     if (l > 1) load_potentials(l - 1);

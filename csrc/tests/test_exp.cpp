@@ -1,7 +1,7 @@
-// sinkhorn::fast_exp (csrc/core/exp.h) against std::exp, in float and double, through two
-// builds of the same loop: the baseline one of this file's flags, and a target_clones one
-// (AVX-512 / AVX2+FMA where the machine has them) that vectorises fast_exp the way the
-// kernels of csrc/cpu/rows.cpp do.
+// sinkhorn::fast_exp and fast_log (csrc/core/exp.h) against std::exp and std::log, in float
+// and double, through two builds of the same loop: the baseline one of this file's flags,
+// and a target_clones one (AVX-512 / AVX2+FMA where the machine has them) that vectorises
+// them the way the kernels of csrc/cpu/rows.cpp do.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -82,6 +82,19 @@ SK_TEST_CLONES void exp_clones(const double* in, double* out, std::int64_t count
   for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_exp(in[k]);
 }
 
+// The two builds of `out[k] = fast_log(in[k])`.
+template <typename T>
+__attribute__((noinline)) void log_baseline(const T* in, T* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_log(in[k]);
+}
+
+SK_TEST_CLONES void log_clones(const float* in, float* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_log(in[k]);
+}
+SK_TEST_CLONES void log_clones(const double* in, double* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_log(in[k]);
+}
+
 template <typename T>
 using Evaluator = void (*)(const T*, T*, std::int64_t);
 
@@ -95,6 +108,12 @@ template <typename T>
 std::vector<NamedEvaluator<T>> evaluators() {
   return {{"baseline", &exp_baseline<T>},
           {"target_clones", static_cast<Evaluator<T>>(&exp_clones)}};
+}
+
+template <typename T>
+std::vector<NamedEvaluator<T>> log_evaluators() {
+  return {{"baseline", &log_baseline<T>},
+          {"target_clones", static_cast<Evaluator<T>>(&log_clones)}};
 }
 
 template <typename T>
@@ -353,7 +372,79 @@ void check_top_of_range() {
   }
 }
 
+// fast_log over the positive finite numbers, subnormals included: every stride-th
+// representable value (about 2^24 of them), and runs of consecutive values around 1 (where
+// log is near 0), sqrt(1/2) (where the mantissa's range reduction switches) and the smallest
+// normal number (where subnormals are rescaled).
+template <typename T>
+void check_log_accuracy() {
+  using Bits = typename Format<T>::Bits;
+  std::vector<T> in;
+  const Bits last = to_bits(std::numeric_limits<T>::max());
+  const Bits stride = std::max<Bits>(1, last >> 24) | 1u;
+  for (Bits b = 1; b <= last - stride; b += stride) in.push_back(from_bits<T>(b));
+  in.push_back(std::numeric_limits<T>::max());
+  for (T center : {T(1), T(0.70710678118654752440L), std::numeric_limits<T>::min()}) {
+    T up = center, down = center;
+    for (int k = 0; k < 4096; ++k, up = next_up(up), down = next_down(down)) {
+      in.push_back(up);
+      in.push_back(down);
+    }
+  }
+  std::vector<T> out(in.size());
+  for (const auto& e : log_evaluators<T>()) {
+    e.fn(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
+    std::uint64_t max_ulp = 0;
+    T worst = T(1);
+    for (std::size_t k = 0; k < in.size(); ++k) {
+      const std::uint64_t u = ulp_distance(out[k], std::log(in[k]));
+      if (u > max_ulp) max_ulp = u, worst = in[k];
+    }
+    sktest::info(std::string(Format<T>::kName) + " log " + e.name + ": " +
+                 std::to_string(in.size()) + " points, max " + std::to_string(max_ulp) +
+                 " ulp at x = " + sktest::fmt(worst));
+    SK_CHECK(max_ulp <= 2) << e.name << " (" << Format<T>::kName << "): fast_log(" << worst
+                           << ") is " << max_ulp << " ulp from std::log";
+  }
+}
+
+// log(+-0) = -inf (an empty row sum), log(x < 0) and log(NaN) are NaN, log(inf) = inf,
+// log(1) = 0 exactly; among ordinary arguments, so that they share vector registers.
+template <typename T>
+void check_log_special_values() {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  const std::vector<T> values = {T(0), -T(0), T(-1), -inf, -std::numeric_limits<T>::denorm_min(),
+                                 std::numeric_limits<T>::quiet_NaN(), inf, T(1)};
+  std::vector<T> in;
+  for (T v : values) {
+    for (int k = 1; k <= 5; ++k) in.push_back(T(0.3) * k);
+    in.push_back(v);
+  }
+  std::vector<T> out(in.size());
+  for (const auto& e : log_evaluators<T>()) {
+    e.fn(in.data(), out.data(), static_cast<std::int64_t>(in.size()));
+    for (std::size_t k = 0; k < in.size(); ++k) {
+      if (k % 6 != 5) {
+        SK_CHECK(ulp_distance(out[k], std::log(in[k])) <= 2)
+            << e.name << ": filler argument " << in[k] << " gave " << out[k];
+      }
+    }
+    const auto got = [&](std::size_t v) { return out[6 * v + 5]; };
+    SK_CHECK(got(0) == -inf && got(1) == -inf)
+        << e.name << ": fast_log(+-0) = " << got(0) << ", " << got(1);
+    for (std::size_t v = 2; v <= 5; ++v)
+      SK_CHECK(std::isnan(got(v))) << e.name << ": fast_log(" << values[v] << ") = " << got(v);
+    SK_CHECK(got(6) == inf) << e.name << ": fast_log(inf) = " << got(6);
+    SK_CHECK(got(7) == T(0) && !std::signbit(got(7))) << e.name << ": fast_log(1) = " << got(7);
+  }
+}
+
 }  // namespace
+
+SK_TEST(log, float_accuracy_sweep) { check_log_accuracy<float>(); }
+SK_TEST(log, double_accuracy_sweep) { check_log_accuracy<double>(); }
+SK_TEST(log, float_special_values) { check_log_special_values<float>(); }
+SK_TEST(log, double_special_values) { check_log_special_values<double>(); }
 
 SK_TEST(exp, float_accuracy_sweep) { check_accuracy_sweep<float>(); }
 SK_TEST(exp, double_accuracy_sweep) { check_accuracy_sweep<double>(); }
