@@ -1,5 +1,5 @@
-"""Loads the compiled ops and gives them what torch needs besides the kernels: fake (meta)
-kernels for torch.compile and the replay backward as their autograd formula."""
+"""Loads the compiled ops and gives them what torch needs besides their kernels and their
+derivatives (both registered in C++, csrc/ops): fake (meta) kernels for torch.compile."""
 
 import torch
 
@@ -73,44 +73,3 @@ def _sinkhorn_loss_backward_fake(
 ):
     return _sinkhorn_cost_backward_fake(grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
                                         eps, cost)
-
-
-def _setup_context(ctx, inputs, output):
-    x, y, x_weights, y_weights, eps, _iters, cost, backend = inputs  # defaults filled in
-    histories = output[1:]
-    ctx.mark_non_differentiable(*histories)
-    ctx.save_for_backward(x, y, x_weights, y_weights, *histories)
-    ctx.eps, ctx.cost, ctx.backend = eps, cost, backend
-
-
-def _cost_backward(ctx, grad_cost, *_grad_histories):
-    grads = ops.sinkhorn_cost_backward(grad_cost.contiguous(), *ctx.saved_tensors, ctx.eps,
-                                       ctx.cost, ctx.backend)
-    return (*grads, None, None, None, None)
-
-
-def _loss_backward(ctx, grad_loss, *_grad_histories):
-    # The self-term of a cloud whose gradients nobody asked for is not replayed.
-    grads = ops.sinkhorn_loss_backward(grad_loss.contiguous(), *ctx.saved_tensors,
-                                       list(ctx.needs_input_grad[:4]), ctx.eps, ctx.cost,
-                                       ctx.backend)
-    return (*grads, None, None, None, None)
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "sinkhorn_ext computes first derivatives only: differentiating its gradient "
-        "(double backward, create_graph=True) is not supported"
-    )
-
-
-for _op, _backward in (("sinkhorn_cost", _cost_backward), ("sinkhorn_loss", _loss_backward)):
-    torch.library.register_autograd(
-        f"sinkhorn_ext::{_op}", _backward, setup_context=_setup_context
-    )
-    # Without a formula, autograd would treat the gradient as a constant and return second
-    # derivatives that are silently wrong; this makes asking for them an error.
-    torch.library.register_autograd(
-        f"sinkhorn_ext::{_op}_backward", _no_double_backward,
-        setup_context=lambda ctx, inputs, output: None,
-    )
