@@ -10,6 +10,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -194,19 +195,40 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
 // kernels allow it and each problem is small enough to run on one thread anyway (the CPU
 // kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
 // (Even where BLAS products dominate, as at d = 784, m = 200, one problem per thread beats
-// products on both threads and the iterations on one.)
+// products on both threads and the iterations on one.) At once, the problems are dealt to the
+// threads largest first, each to the least loaded: a self-term's cost matrix is half the
+// work of W(x, y)'s (its symmetry), so the loss's three problems on two threads run as
+// W(x, y) beside W(x, x) then W(y, y).
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
-  int64_t largest = 0;
-  for (const Problem& pr : problems) largest = std::max(largest, pr.batch() * pr.m() * pr.n());
   const int64_t count = static_cast<int64_t>(problems.size());
-  if (kernels.concurrent_problems && count > 1 && largest <= (int64_t{1} << 18)) {
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) fn(k);
-    });
-  } else {
-    for (int64_t k = 0; k < count; ++k) fn(k);
+  std::vector<int64_t> work(count);
+  int64_t largest = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t size = problems[k].batch() * problems[k].m() * problems[k].n();
+    largest = std::max(largest, size);
+    work[k] = problems[k].x_is_y ? size / 2 : size;
   }
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  if (!kernels.concurrent_problems || workers < 2 || largest > (int64_t{1} << 18)) {
+    for (int64_t k = 0; k < count; ++k) fn(k);
+    return;
+  }
+  std::vector<int64_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return work[a] > work[b]; });
+  std::vector<std::vector<int64_t>> dealt(workers);
+  std::vector<int64_t> load(workers, 0);
+  for (int64_t k : order) {
+    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
+    dealt[least].push_back(k);
+    load[least] += work[k];
+  }
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t k : dealt[w]) fn(k);
+  });
 }
 
 // Hands out consecutive pieces of one workspace allocation.
