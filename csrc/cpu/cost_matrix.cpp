@@ -65,7 +65,8 @@ void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int
     squared_distances_from_dots(row, na, nb, static_cast<int>(width));
     for (int64_t c = 0; c < width; ++c)
       if (!(row[c] >= T(kRecomputeBelow) * (na + nb[c])))  // also NaN: recomputed, stays NaN
-        row[c] = squared_distance(a.point(bi, r), b.point(bi, c0 + c), static_cast<int>(d));
+        row[c] = squared_distance_by_lanes(a.point(bi, r), b.point(bi, c0 + c),
+                                           static_cast<int>(d));
     if (cost == Cost::kEuclidean)
       for (int64_t c = 0; c < width; ++c) row[c] = std::sqrt(row[c]);
   }

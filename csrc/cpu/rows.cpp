@@ -41,6 +41,26 @@ SK_INLINE T lane_dot(const T* __restrict__ a, const T* __restrict__ b, const T* 
   return sum;
 }
 
+// sum_k (a_k - b_k)^2 in kLanes partial sums, like lane_dot.
+template <typename T>
+SK_INLINE T lane_squared_distance(const T* __restrict__ a, const T* __restrict__ b, int d) {
+  T partial[kLanes] = {};
+  int k0 = 0;
+  for (; k0 + kLanes <= d; k0 += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) {
+      const T diff = a[k0 + k] - b[k0 + k];
+      partial[k] += diff * diff;
+    }
+  }
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int k = k0; k < d; ++k) sum += (a[k] - b[k]) * (a[k] - b[k]);
+#pragma omp simd reduction(+ : sum)
+  for (int k = 0; k < kLanes; ++k) sum += partial[k];
+  return sum;
+}
+
 // Four rows share each load of v, and their four sums hide each other's latency. With
 // Product, each row is the elementwise product of a row of M and one of P. (Every loop
 // indexes row pointers by its counter alone, which stays contiguous to the compiler even
@@ -235,6 +255,9 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
   SK_CPU_CLONES void matvec_transposed(const T* M, int rows, long stride, int width,         \
                                        const T* v, T* acc) {                                 \
     matvec_transposed_impl(M, rows, stride, width, v, acc);                                  \
+  }                                                                                          \
+  SK_CPU_CLONES T squared_distance_by_lanes(const T* a, const T* b, int d) {                 \
+    return lane_squared_distance(a, b, d);                                                   \
   }                                                                                          \
   SK_CPU_CLONES T dot(const T* __restrict__ a, const T* __restrict__ b, int n) {             \
     return lane_dot<T, false>(a, b, nullptr, n);                                             \

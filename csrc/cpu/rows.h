@@ -71,6 +71,10 @@ void matvec_transposed(const float* M, int rows, long stride, int width, const f
                        float* acc);
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
                        double* acc);
+// sum_k (a_k - b_k)^2, summed in vector lanes (for large d; core/cost.h squared_distance sums
+// in order)
+float squared_distance_by_lanes(const float* a, const float* b, int d);
+double squared_distance_by_lanes(const double* a, const double* b, int d);
 // sum_c a_c b_c
 float dot(const float* a, const float* b, int n);
 double dot(const double* a, const double* b, int n);
