@@ -112,7 +112,7 @@ SK_HOST_DEVICE SK_INLINE float fast_log(float x) {
   // A subnormal is scaled by 2^23 into the normal range first.
   const bool subnormal = x < kMinNormal;
   const std::uint32_t bits = bit_cast<std::uint32_t>(subnormal ? x * 8388608.0f : x);
-  // x = mant 2^e with mant in [1/2, 1); then x = (1 + f) 2^e with f in [sqrt(1/2) - 1, sqrt(2) - 1).
+  // x = mant 2^e with mant in [1/2, 1); then x = (1 + f) 2^e, f in [sqrt(1/2) - 1, sqrt(2) - 1).
   std::int32_t e = static_cast<std::int32_t>((bits >> 23) & 0xffu) - 126 - (subnormal ? 23 : 0);
   const float mant = bit_cast<float>((bits & 0x007fffffu) | 0x3f000000u);
   const bool low = mant < kSqrtHalf;

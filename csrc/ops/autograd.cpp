@@ -74,7 +74,7 @@ void save_options(AutogradContext* ctx, double eps, c10::string_view cost,
 }
 
 // The incoming gradient of the (B,) output, zeros where autograd passes none, contiguous.
-Tensor defined(const Tensor& grad, const Tensor& x) {
+Tensor incoming_gradient(const Tensor& grad, const Tensor& x) {
   return grad.defined() ? grad.contiguous() : at::zeros({x.size(0)}, x.options());
 }
 
@@ -105,9 +105,9 @@ struct SinkhornCostFunction : public torch::autograd::Function<SinkhornCostFunct
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
     const Options o = saved_options(ctx);
-    variable_list g = to_list(cost_backward_op().call(defined(grads[0], s[0]), s[0], s[1], s[2],
-                                                      s[3], s[4], s[5], o.eps, o.cost,
-                                                      o.backend));
+    variable_list g =
+        to_list(cost_backward_op().call(incoming_gradient(grads[0], s[0]), s[0], s[1], s[2],
+                                         s[3], s[4], s[5], o.eps, o.cost, o.backend));
     g.resize(8);  // eps, iters, cost and backend have none
     return g;
   }
@@ -137,8 +137,8 @@ struct SinkhornLossFunction : public torch::autograd::Function<SinkhornLossFunct
     const std::array<bool, 4> wanted = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                         ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
     variable_list g = to_list(loss_backward_op().call(
-        defined(grads[0], s[0]), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9],
-        wanted, o.eps, o.cost, o.backend));
+        incoming_gradient(grads[0], s[0]), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+        s[9], wanted, o.eps, o.cost, o.backend));
     g.resize(8);
     return g;
   }

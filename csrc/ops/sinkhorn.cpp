@@ -196,9 +196,9 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
 // kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
 // (Even where BLAS products dominate, as at d = 784, m = 200, one problem per thread beats
 // products on both threads and the iterations on one.) At once, the problems are dealt to the
-// threads largest first, each to the least loaded: a self-term's cost matrix is half the
-// work of W(x, y)'s (its symmetry), so the loss's three problems on two threads run as
-// W(x, y) beside W(x, x) then W(y, y).
+// threads largest first, each to the least loaded, a self-term counting half (where its
+// cost matrix dominates, at large d, it is built from its symmetry): the loss's three
+// problems on two threads run as W(x, y) beside W(x, x) then W(y, y).
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(problems.size());
