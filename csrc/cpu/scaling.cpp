@@ -241,6 +241,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
       e[bi] *= phi[bi];
       A[bi * R + k + 1] = e[bi];
     }
+    if (l > 1) load_potentials(l - 1);  // e and shift above were the last reads of f^l, g^l
     column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j0, int64_t j1) {
       T* F_row = F + (b * R + k + 1) * n;
       if (l == 1) {  // g^0 = 0
@@ -248,18 +249,15 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
         return;
       }
       const int count = static_cast<int>(j1 - j0);
-      const T* s = v_at(b, l - 1);
       T* column_factor = factor + b * n + j0;
-      for (int64_t j = j0; j < j1; ++j) column_factor[j - j0] = log_beta[b * n + j] + s[j];
-      exp_affine(column_factor, -shift[b], inv_eps, count, F_row + j0);  // from g^{l-1}
-      exp_affine(s + j0, -shift[b], inv_eps, count, column_factor);
+      exp_affine(g + b * n + j0, -shift[b], inv_eps, count, F_row + j0);  // from g^{l-1}
+      exp_affine(v_at(b, l - 1) + j0, -shift[b], inv_eps, count, column_factor);
       for (int64_t j = j0; j < j1; ++j) {
         const T out = -column_factor[j - j0] * column[b * n + j];
         psi[b * n + j] = out;
         p.grad_y_weights[b * n + j] += eps * out;
       }
     });
-    if (l > 1) load_potentials(l - 1);
   }
 
   // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F of each tile from BLAS.
