@@ -260,18 +260,20 @@ def test_opcheck_backward_op_on_cuda(contiguous):
     if not contiguous:
         x, a = _non_contiguous(x), _non_contiguous(a)
         assert not (x.is_contiguous() or a.is_contiguous())
-    _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
+    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
+    assert kept_costs.numel() == 0  # the CUDA kernels keep no costs
     grad_cost = torch.ones(2, dtype=x.dtype, device=x.device)
     torch.library.opcheck(ops.sinkhorn_cost_backward.default,
-                          (grad_cost, x, y, a, b, u, v, 0.5, "sqeuclidean"))
+                          (grad_cost, x, y, a, b, u, v, kept_costs, 0.5, "sqeuclidean"))
 
 
 def test_backward_op_rejects_a_history_on_another_device():
     x, y, a, b = _cuda(random_problem(6, 5, 2, batch=1))
-    _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
+    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
     grad_cost = torch.ones(1, dtype=x.dtype, device=x.device)
     with pytest.raises(ValueError, match=r"u_history and v_history must be on the device of x"):
-        ops.sinkhorn_cost_backward(grad_cost, x, y, a, b, u.cpu(), v, 0.5, "sqeuclidean")
+        ops.sinkhorn_cost_backward(grad_cost, x, y, a, b, u.cpu(), v, kept_costs, 0.5,
+                                   "sqeuclidean")
 
 
 def test_compiled_cuda_loss_and_gradients_match_eager():

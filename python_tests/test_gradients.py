@@ -34,9 +34,11 @@ def test_gradcheck_cost_all_inputs(cost, iters):
     assert torch.autograd.gradcheck(f, inputs)
 
 
+# d = 20: C is a BLAS product, and the CPU backward reads the forward's kept C.
+@pytest.mark.parametrize("d", [3, 20])
 @pytest.mark.parametrize("cost", COSTS)
-def test_gradcheck_loss_batched(cost):
-    x, y, a, b = _separated_problem(5, 4, 3, batch=2)
+def test_gradcheck_loss_batched(cost, d):
+    x, y, a, b = _separated_problem(5, 4, d, batch=2)
     inputs = [t.requires_grad_() for t in (x, y, a, b)]
 
     def f(x, y, a, b):

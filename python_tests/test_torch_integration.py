@@ -3,17 +3,24 @@ AOT dispatch) and torch.compile(fullgraph=True) of the public functions."""
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import sinkhorn_ext as sk
+from sinkhorn_ext._ops import KEPT_COSTS_MAX, KEPT_COSTS_MIN_DIM
 from testing import random_problem
 
 ops = torch.ops.sinkhorn_ext
 
 
+# d = 2: the costs are built again in the backward; d = 16: the CPU forward keeps them for it.
+DIMS = [2, KEPT_COSTS_MIN_DIM]
+
+
+@pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_forward_op(cost, requires_grad):
-    x, y, a, b = random_problem(6, 5, 2, batch=2)
+def test_opcheck_forward_op(cost, requires_grad, d):
+    x, y, a, b = random_problem(6, 5, d, batch=2)
     args = [t.requires_grad_(requires_grad) for t in (x, y, a, b)]
     torch.library.opcheck(ops.sinkhorn_cost.default, (*args, 0.5, 4, cost))
 
@@ -23,36 +30,71 @@ def _non_contiguous(t):
         torch.stack([t, t], -1)[..., 0]
 
 
+@pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_opcheck_backward_op(contiguous):
-    x, y, a, b = random_problem(6, 5, 2, batch=2)
+def test_opcheck_backward_op(contiguous, d):
+    x, y, a, b = random_problem(6, 5, d, batch=2)
     if not contiguous:
         x, a = _non_contiguous(x), _non_contiguous(a)
         assert not (x.is_contiguous() or a.is_contiguous())
-    _, u, v = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
+    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
     torch.library.opcheck(ops.sinkhorn_cost_backward.default,
-                          (torch.ones(2, dtype=x.dtype), x, y, a, b, u, v, 0.5, "sqeuclidean"))
+                          (torch.ones(2, dtype=x.dtype), x, y, a, b, u, v, kept_costs, 0.5,
+                           "sqeuclidean"))
 
 
+@pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_loss_op(cost, requires_grad):
-    x, y, a, b = random_problem(6, 5, 2, batch=2)
+def test_opcheck_loss_op(cost, requires_grad, d):
+    x, y, a, b = random_problem(6, 5, d, batch=2)
     args = [t.requires_grad_(requires_grad) for t in (x, y, a, b)]
     torch.library.opcheck(ops.sinkhorn_loss.default, (*args, 0.5, 4, cost))
 
 
 @pytest.mark.parametrize("mask", [[True] * 4, [True, False, True, False],
                                   [False, True, False, False]])
+@pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_opcheck_loss_backward_op(contiguous, mask):
-    x, y, a, b = random_problem(6, 5, 2, batch=2)
+def test_opcheck_loss_backward_op(contiguous, mask, d):
+    x, y, a, b = random_problem(6, 5, d, batch=2)
     if not contiguous:
         x, b = _non_contiguous(x), _non_contiguous(b)
-    _, *histories = ops.sinkhorn_loss(x, y, a, b, 0.5, 4, "sqeuclidean")
+    _, *saved = ops.sinkhorn_loss(x, y, a, b, 0.5, 4, "sqeuclidean")  # histories, kept costs
     torch.library.opcheck(ops.sinkhorn_loss_backward.default,
-                          (torch.ones(2, dtype=x.dtype), x, y, a, b, *histories, mask, 0.5,
+                          (torch.ones(2, dtype=x.dtype), x, y, a, b, *saved, mask, 0.5,
                            "sqeuclidean"))
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 5, KEPT_COSTS_MIN_DIM - 1), (1, 7, 5, KEPT_COSTS_MIN_DIM),
+                                   (1, 1024, 1024, 16), (1, 1024, 1025, 16), (2, 724, 724, 16)])
+def test_fake_kernels_predict_which_costs_are_kept(shape):
+    batch, m, n, d = shape
+    x, y, a, b = random_problem(m, n, d, batch=batch)
+    args = (x, y, a, b, 0.5, 1, "sqeuclidean")
+    with torch.no_grad():
+        real = [ops.sinkhorn_cost(*args)[3], ops.sinkhorn_loss(*args)[7]]
+    with FakeTensorMode() as mode:
+        fake_args = [mode.from_tensor(t) for t in args[:4]] + list(args[4:])
+        fake = [ops.sinkhorn_cost(*fake_args)[3], ops.sinkhorn_loss(*fake_args)[7]]
+    assert [t.shape for t in fake] == [t.shape for t in real]
+    expected = d >= KEPT_COSTS_MIN_DIM and batch * m * n <= KEPT_COSTS_MAX
+    assert real[0].numel() == (batch * m * n if expected else 0)
+    torch.testing.assert_close(real[0], sk.reference.cost_matrix(x, y).flatten()[:real[0].numel()])
+
+
+@pytest.mark.parametrize("op", ["sinkhorn_cost", "sinkhorn_loss"])
+def test_gradients_from_the_kept_costs_equal_those_from_costs_built_again(op):
+    x, y, a, b = random_problem(9, 7, 20, batch=2)
+    outputs = getattr(ops, op)(x, y, a, b, 0.5, 6, "sqeuclidean")
+    assert outputs[-1].numel() > 0
+    rebuilt = [*outputs[1:-1], x.new_empty(0)]
+    backward = getattr(ops, op + "_backward")
+    mask = [[True] * 4] if op == "sinkhorn_loss" else []
+    args = lambda saved: (torch.ones(2, dtype=x.dtype), x, y, a, b, *saved, *mask, 0.5,
+                          "sqeuclidean")
+    for kept, again in zip(backward(*args(outputs[1:])), backward(*args(rebuilt))):
+        torch.testing.assert_close(kept, again, rtol=1e-13, atol=1e-15)
 
 
 def test_loss_op_equals_its_three_cost_terms():

@@ -26,6 +26,9 @@ T max_of_costs(const T* costs, int64_t count) {
   return nans == 0 ? max_cost : std::numeric_limits<T>::quiet_NaN();
 }
 
+// Up to this many costs C is stored (it stays in cache, and reading it beats recomputing it).
+constexpr int64_t kStoredCostsMax = int64_t{1} << 20;
+
 // max C, from C's rows computed tile by tile and not kept.
 template <typename T>
 T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
@@ -39,40 +42,44 @@ T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
   return max_of_costs(row_max.data(), x.batch * x.count);
 }
 
-// Up to this many costs C is kept (it stays in cache, and reading it beats recomputing it).
-constexpr int64_t kStoredCostsMax = int64_t{1} << 20;
-
 // Runs the scaling strategy where core/softmin.h proves it exact for this C (a NaN anywhere
 // rules it out, and the log domain propagates it), the log-domain one elsewhere. Where C is
 // large and d small, the scaling strategy recomputes C tile by tile, so that it keeps K
-// alone; otherwise C is built once.
+// alone; otherwise C is built once, into p.kept_costs where the forward keeps it, and not
+// built at all where the backward finds it kept (costs_kept).
 template <typename T, typename Scaling, typename LogDomain>
-void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
+void run_tensorized(const SinkhornParams<T>& p, bool costs_kept, const Scaling& scaling,
                     const LogDomain& log_domain) {
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
   const int64_t size = p.batch * p.m * p.n;
   if (!x.by_products() && size > kStoredCostsMax &&
       scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
-  Buffer<T> C(size);
-  build_cost_matrix(x, y, p.x_is_y, p.cost, C.get());
-  if (scaling_form_is_safe(max_of_costs(C.get(), size) / p.eps))
-    return scaling(p, Costs<T>(x, y, p.cost, C.get()));
-  log_domain(p, C.get());
+  Buffer<T> buffer(p.kept_costs != nullptr ? 0 : size);
+  T* C = p.kept_costs != nullptr ? p.kept_costs : buffer.get();
+  if (!costs_kept) build_cost_matrix(x, y, p.x_is_y, p.cost, C);
+  if (scaling_form_is_safe(max_of_costs(C, size) / p.eps))
+    return scaling(p, Costs<T>(x, y, p.cost, C));
+  log_domain(p, C);
 }
 
 }  // namespace
 
+bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d) {
+  return d >= kGemmMinDim && batch * m * n <= kStoredCostsMax;
+}
+
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
   if (p.online) return online_forward(p);
-  run_tensorized(p, scaling_forward<T>, log_domain_forward<T>);
+  run_tensorized(p, /*costs_kept=*/false, scaling_forward<T>, log_domain_forward<T>);
 }
 
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p) {
   if (p.online) return online_backward(p);
-  run_tensorized(p, scaling_backward<T>, log_domain_backward<T>);
+  run_tensorized(p, /*costs_kept=*/p.kept_costs != nullptr, scaling_backward<T>,
+                 log_domain_backward<T>);
 }
 
 template <typename T>

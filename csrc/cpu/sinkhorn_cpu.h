@@ -4,16 +4,23 @@
 // allocate their own scratch; the workspace fields of the params are for the CUDA kernels.
 #pragma once
 
+#include <cstdint>
+
 #include "core/params.h"
 
 namespace sinkhorn::cpu {
 
-// Runs the L iterations; writes cost_out, u_history, v_history.
+// Whether these kernels keep C from the forward for the backward (SinkhornParams::kept_costs):
+// where it is a BLAS product (d >= kGemmMinDim), whose rebuild would cost as much as the
+// backward's own contraction, and small enough (at most 2^20 costs) to hold in between.
+bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d);
+
+// Runs the L iterations; writes cost_out, u_history, v_history (and kept_costs, if set).
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p);
 
-// Replays the history backwards (DESIGN.md section 1); writes grad_x, grad_y,
-// grad_x_weights, grad_y_weights.
+// Replays the history backwards (DESIGN.md section 1), on the forward's kept_costs if set;
+// writes grad_x, grad_y, grad_x_weights, grad_y_weights.
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p);
 

@@ -25,20 +25,19 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 }
 
 // The schemas of TORCH_LIBRARY(sinkhorn_ext) in ops/sinkhorn.cpp.
-using Tensors3 = std::tuple<Tensor, Tensor, Tensor>;
 using Tensors4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-using Tensors7 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-using CostOp = Tensors3(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+using Tensors8 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using CostOp = Tensors4(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                         int64_t, c10::string_view, c10::string_view);
 using CostBackwardOp = Tensors4(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, const Tensor&, double,
-                                c10::string_view, c10::string_view);
-using LossOp = Tensors7(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                double, c10::string_view, c10::string_view);
+using LossOp = Tensors8(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                         int64_t, c10::string_view, c10::string_view);
 using LossBackwardOp = Tensors4(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, const Tensor&, std::array<bool, 4>,
-                                double, c10::string_view, c10::string_view);
+                                const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                std::array<bool, 4>, double, c10::string_view, c10::string_view);
 
 const c10::TypedOperatorHandle<CostOp>& cost_op() {
   static const auto op = find_op<CostOp>("sinkhorn_ext::sinkhorn_cost");
@@ -66,7 +65,8 @@ variable_list to_list(Tuple&& tuple) {
 // The options the backward op takes besides tensors.
 void save_options(AutogradContext* ctx, double eps, c10::string_view cost,
                   c10::string_view backend) {
-  // The histories are not differentiable: their gradients are not made into zero tensors.
+  // The histories and kept costs are not differentiable: their gradients are not made into
+  // zero tensors.
   ctx->set_materialize_grads(false);
   ctx->saved_data["eps"] = eps;
   ctx->saved_data["cost"] = std::string(cost);
@@ -88,7 +88,7 @@ Options saved_options(AutogradContext* ctx) {
           ctx->saved_data["backend"].toStringRef()};
 }
 
-// Outputs (W_L, u_history, v_history); the histories are not differentiable.
+// Outputs (W_L, u_history, v_history, kept_costs); all but W_L are not differentiable.
 struct SinkhornCostFunction : public torch::autograd::Function<SinkhornCostFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y,
                                const Tensor& x_weights, const Tensor& y_weights, double eps,
@@ -96,8 +96,8 @@ struct SinkhornCostFunction : public torch::autograd::Function<SinkhornCostFunct
     at::AutoDispatchBelowADInplaceOrView guard;
     variable_list out =
         to_list(cost_op().call(x, y, x_weights, y_weights, eps, iters, cost, backend));
-    ctx->mark_non_differentiable({out[1], out[2]});
-    ctx->save_for_backward({x, y, x_weights, y_weights, out[1], out[2]});
+    ctx->mark_non_differentiable({out[1], out[2], out[3]});
+    ctx->save_for_backward({x, y, x_weights, y_weights, out[1], out[2], out[3]});
     save_options(ctx, eps, cost, backend);
     return out;
   }
@@ -107,13 +107,14 @@ struct SinkhornCostFunction : public torch::autograd::Function<SinkhornCostFunct
     const Options o = saved_options(ctx);
     variable_list g =
         to_list(cost_backward_op().call(incoming_gradient(grads[0], s[0]), s[0], s[1], s[2],
-                                         s[3], s[4], s[5], o.eps, o.cost, o.backend));
+                                         s[3], s[4], s[5], s[6], o.eps, o.cost, o.backend));
     g.resize(8);  // eps, iters, cost and backend have none
     return g;
   }
 };
 
-// Outputs (loss, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy); the histories are not differentiable.
+// Outputs (loss, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, kept_costs); all but the loss are not
+// differentiable.
 struct SinkhornLossFunction : public torch::autograd::Function<SinkhornLossFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y,
                                const Tensor& x_weights, const Tensor& y_weights, double eps,
@@ -121,10 +122,10 @@ struct SinkhornLossFunction : public torch::autograd::Function<SinkhornLossFunct
     at::AutoDispatchBelowADInplaceOrView guard;
     variable_list out =
         to_list(loss_op().call(x, y, x_weights, y_weights, eps, iters, cost, backend));
-    const variable_list histories(out.begin() + 1, out.end());
-    ctx->mark_non_differentiable(histories);
+    const variable_list kept(out.begin() + 1, out.end());  // the histories and kept costs
+    ctx->mark_non_differentiable(kept);
     variable_list saved = {x, y, x_weights, y_weights};
-    saved.insert(saved.end(), histories.begin(), histories.end());
+    saved.insert(saved.end(), kept.begin(), kept.end());
     ctx->save_for_backward(saved);
     save_options(ctx, eps, cost, backend);
     return out;
@@ -138,7 +139,7 @@ struct SinkhornLossFunction : public torch::autograd::Function<SinkhornLossFunct
                                         ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
     variable_list g = to_list(loss_backward_op().call(
         incoming_gradient(grads[0], s[0]), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
-        s[9], wanted, o.eps, o.cost, o.backend));
+        s[9], s[10], wanted, o.eps, o.cost, o.backend));
     g.resize(8);
     return g;
   }
@@ -158,11 +159,11 @@ struct SinkhornCostBackwardFunction
   static variable_list forward(AutogradContext*, const Tensor& grad_cost, const Tensor& x,
                                const Tensor& y, const Tensor& x_weights,
                                const Tensor& y_weights, const Tensor& u_history,
-                               const Tensor& v_history, double eps, c10::string_view cost,
-                               c10::string_view backend) {
+                               const Tensor& v_history, const Tensor& kept_costs, double eps,
+                               c10::string_view cost, c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return to_list(cost_backward_op().call(grad_cost, x, y, x_weights, y_weights, u_history,
-                                           v_history, eps, cost, backend));
+                                           v_history, kept_costs, eps, cost, backend));
   }
   static variable_list backward(AutogradContext*, variable_list) { no_double_backward(); }
 };
@@ -173,50 +174,54 @@ struct SinkhornLossBackwardFunction
                                const Tensor& y, const Tensor& x_weights,
                                const Tensor& y_weights, const Tensor& u_xy, const Tensor& v_xy,
                                const Tensor& u_xx, const Tensor& v_xx, const Tensor& u_yy,
-                               const Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
+                               const Tensor& v_yy, const Tensor& kept_costs,
+                               std::array<bool, 4> output_mask, double eps,
                                c10::string_view cost, c10::string_view backend) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return to_list(loss_backward_op().call(grad_loss, x, y, x_weights, y_weights, u_xy, v_xy,
-                                           u_xx, v_xx, u_yy, v_yy, output_mask, eps, cost,
-                                           backend));
+                                           u_xx, v_xx, u_yy, v_yy, kept_costs, output_mask, eps,
+                                           cost, backend));
   }
   static variable_list backward(AutogradContext*, variable_list) { no_double_backward(); }
 };
 
-Tensors3 sinkhorn_cost_autograd(const Tensor& x, const Tensor& y, const Tensor& x_weights,
+Tensors4 sinkhorn_cost_autograd(const Tensor& x, const Tensor& y, const Tensor& x_weights,
                                 const Tensor& y_weights, double eps, int64_t iters,
                                 c10::string_view cost, c10::string_view backend) {
   const variable_list out =
       SinkhornCostFunction::apply(x, y, x_weights, y_weights, eps, iters, cost, backend);
-  return {out[0], out[1], out[2]};
+  return {out[0], out[1], out[2], out[3]};
 }
 
 Tensors4 sinkhorn_cost_backward_autograd(const Tensor& grad_cost, const Tensor& x,
                                          const Tensor& y, const Tensor& x_weights,
                                          const Tensor& y_weights, const Tensor& u_history,
-                                         const Tensor& v_history, double eps,
-                                         c10::string_view cost, c10::string_view backend) {
+                                         const Tensor& v_history, const Tensor& kept_costs,
+                                         double eps, c10::string_view cost,
+                                         c10::string_view backend) {
   const variable_list out = SinkhornCostBackwardFunction::apply(
-      grad_cost, x, y, x_weights, y_weights, u_history, v_history, eps, cost, backend);
+      grad_cost, x, y, x_weights, y_weights, u_history, v_history, kept_costs, eps, cost,
+      backend);
   return {out[0], out[1], out[2], out[3]};
 }
 
-Tensors7 sinkhorn_loss_autograd(const Tensor& x, const Tensor& y, const Tensor& x_weights,
+Tensors8 sinkhorn_loss_autograd(const Tensor& x, const Tensor& y, const Tensor& x_weights,
                                 const Tensor& y_weights, double eps, int64_t iters,
                                 c10::string_view cost, c10::string_view backend) {
   const variable_list out =
       SinkhornLossFunction::apply(x, y, x_weights, y_weights, eps, iters, cost, backend);
-  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6]};
+  return {out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7]};
 }
 
 Tensors4 sinkhorn_loss_backward_autograd(
     const Tensor& grad_loss, const Tensor& x, const Tensor& y, const Tensor& x_weights,
     const Tensor& y_weights, const Tensor& u_xy, const Tensor& v_xy, const Tensor& u_xx,
-    const Tensor& v_xx, const Tensor& u_yy, const Tensor& v_yy, std::array<bool, 4> output_mask,
-    double eps, c10::string_view cost, c10::string_view backend) {
+    const Tensor& v_xx, const Tensor& u_yy, const Tensor& v_yy, const Tensor& kept_costs,
+    std::array<bool, 4> output_mask, double eps, c10::string_view cost,
+    c10::string_view backend) {
   const variable_list out = SinkhornLossBackwardFunction::apply(
-      grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, output_mask,
-      eps, cost, backend);
+      grad_loss, x, y, x_weights, y_weights, u_xy, v_xy, u_xx, v_xx, u_yy, v_yy, kept_costs,
+      output_mask, eps, cost, backend);
   return {out[0], out[1], out[2], out[3]};
 }
 

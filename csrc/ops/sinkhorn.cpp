@@ -151,6 +151,7 @@ int64_t check_backward_inputs(const at::Tensor& x, const at::Tensor& grad, const
 struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
+  at::Tensor kept_costs;     // C (B, m, n) kept by the forward for the backward, if defined
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
   bool needs_grad_y = true;  // the backward computes grad_y (unless x_is_y)
 
@@ -161,7 +162,7 @@ struct Problem {
 
 Problem make_problem(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
                      const at::Tensor& y_weights) {
-  return {x.contiguous(), y.contiguous(), x_weights.contiguous(), y_weights.contiguous(), {}, {}};
+  return {x.contiguous(), y.contiguous(), x_weights.contiguous(), y_weights.contiguous()};
 }
 
 template <typename T>
@@ -188,6 +189,7 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
   p.x_is_y = problem.x_is_y;
   p.u_history = problem.u_history.data_ptr<T>();
   p.v_history = problem.v_history.data_ptr<T>();
+  if (problem.kept_costs.defined()) p.kept_costs = problem.kept_costs.data_ptr<T>();
   return p;
 }
 
@@ -229,6 +231,61 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
     for (int64_t w = begin; w < end; ++w)
       for (int64_t k : dealt[w]) fn(k);
   });
+}
+
+// Whether the kernels keep the costs of all these problems from the forward for the backward.
+bool keeps_costs(const Kernels& kernels, const std::vector<Problem>& problems, bool online) {
+  if (online || kernels.keeps_costs == nullptr) return false;
+  return std::all_of(problems.begin(), problems.end(), [&](const Problem& pr) {
+    return kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2));
+  });
+}
+
+// The size of the problems' kept costs: C (B, m, n) of each, one after the other.
+int64_t kept_costs_size(const std::vector<Problem>& problems) {
+  int64_t size = 0;
+  for (const Problem& pr : problems) size += pr.batch() * pr.m() * pr.n();
+  return size;
+}
+
+// Gives each problem its C (B, m, n), a view of the flat kept costs.
+void attach_kept_costs(std::vector<Problem>& problems, const at::Tensor& kept_costs) {
+  int64_t offset = 0;
+  for (Problem& pr : problems) {
+    const int64_t size = pr.batch() * pr.m() * pr.n();
+    pr.kept_costs = kept_costs.narrow(0, offset, size).view({pr.batch(), pr.m(), pr.n()});
+    offset += size;
+  }
+}
+
+// The forward's kept costs: allocated and attached where the kernels keep them, empty (0,)
+// elsewhere.
+at::Tensor make_kept_costs(const Kernels& kernels, std::vector<Problem>& problems, bool online) {
+  const bool kept = keeps_costs(kernels, problems, online);
+  at::Tensor kept_costs = at::empty({kept ? kept_costs_size(problems) : 0},
+                                    problems[0].x.options());
+  if (kept) attach_kept_costs(problems, kept_costs);
+  return kept_costs;
+}
+
+// The backward's kept costs, as the forward returned them: attached if not empty.
+void use_kept_costs(const Kernels& kernels, std::vector<Problem>& problems,
+                    const at::Tensor& kept_costs, bool online) {
+  if (kept_costs.numel() == 0) return;  // not kept: the kernels build C again
+  const at::Tensor& x = problems[0].x;
+  const int64_t size = kept_costs_size(problems);
+  TORCH_CHECK_VALUE(keeps_costs(kernels, problems, online),
+                    "kept_costs must be empty for these inputs (the forward keeps no costs for "
+                    "them), got shape ", kept_costs.sizes());
+  TORCH_CHECK_VALUE(kept_costs.dim() == 1 && kept_costs.size(0) == size,
+                    "kept_costs must be the forward's, of shape (", size, ",), got ",
+                    kept_costs.sizes());
+  TORCH_CHECK_TYPE(kept_costs.scalar_type() == x.scalar_type(),
+                   "kept_costs must have the dtype of x (", x.scalar_type(), "), got ",
+                   kept_costs.scalar_type());
+  TORCH_CHECK_VALUE(kept_costs.device() == x.device(), "kept_costs must be on the device of x (",
+                    x.device(), "), got ", kept_costs.device());
+  attach_kept_costs(problems, kept_costs.contiguous());
 }
 
 // Hands out consecutive pieces of one workspace allocation.
@@ -325,13 +382,13 @@ std::vector<Gradients> run_backward(const Kernels& kernels, const std::vector<Pr
 std::vector<Problem> loss_problems(const at::Tensor& x, const at::Tensor& y,
                                    const at::Tensor& x_weights, const at::Tensor& y_weights) {
   const Problem xy = make_problem(x, y, x_weights, y_weights);
-  return {xy, {xy.x, xy.x, xy.x_weights, xy.x_weights, {}, {}, /*x_is_y=*/true},
-          {xy.y, xy.y, xy.y_weights, xy.y_weights, {}, {}, /*x_is_y=*/true}};
+  return {xy, {xy.x, xy.x, xy.x_weights, xy.x_weights, {}, {}, {}, /*x_is_y=*/true},
+          {xy.y, xy.y, xy.y_weights, xy.y_weights, {}, {}, {}, /*x_is_y=*/true}};
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
     const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, double eps, int64_t iters,
     std::string_view cost_name, std::string_view backend) {
@@ -340,15 +397,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
   const Cost cost = parse_cost(cost_name);
   const bool online = parse_backend(kernels, backend);
   std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
+  at::Tensor kept_costs = make_kept_costs(kernels, problems, online);
   const std::vector<at::Tensor> costs = run_forward(kernels, problems, eps, iters, cost, online);
-  return {costs[0], problems[0].u_history, problems[0].v_history};
+  return {costs[0], problems[0].u_history, problems[0].v_history, kept_costs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward(
     const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x,
     const at::Tensor& y, const at::Tensor& x_weights, const at::Tensor& y_weights,
-    const at::Tensor& u_history, const at::Tensor& v_history, double eps,
-    std::string_view cost_name, std::string_view backend) {
+    const at::Tensor& u_history, const at::Tensor& v_history, const at::Tensor& kept_costs,
+    double eps, std::string_view cost_name, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
   const bool online = parse_backend(kernels, backend);
@@ -357,6 +415,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backwar
   std::vector<Problem> problems = {make_problem(x, y, x_weights, y_weights)};
   problems[0].u_history = u_history.contiguous();
   problems[0].v_history = v_history.contiguous();
+  use_kept_costs(kernels, problems, kept_costs, online);
   const Gradients g =
       run_backward(kernels, problems, {grad_cost.contiguous()}, eps, iters, cost, online)[0];
   return {g.x, g.y, g.x_weights, g.y_weights};
@@ -370,18 +429,20 @@ LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at:
   const Cost cost = parse_cost(cost_name);
   const bool online = parse_backend(kernels, backend);
   std::vector<Problem> problems = loss_problems(x, y, x_weights, y_weights);
+  at::Tensor kept_costs = make_kept_costs(kernels, problems, online);
   const std::vector<at::Tensor> w = run_forward(kernels, problems, eps, iters, cost, online);
-  return {2 * w[0] - w[1] - w[2],          problems[0].u_history, problems[0].v_history,
-          problems[1].u_history, problems[1].v_history, problems[2].u_history,
-          problems[2].v_history};
+  return {2 * w[0] - w[1] - w[2], problems[0].u_history, problems[0].v_history,
+          problems[1].u_history,  problems[1].v_history, problems[2].u_history,
+          problems[2].v_history,  kept_costs};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward(
     const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
     const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
-    const at::Tensor& u_yy, const at::Tensor& v_yy, std::array<bool, 4> output_mask, double eps,
-    std::string_view cost_name, std::string_view backend) {
+    const at::Tensor& u_yy, const at::Tensor& v_yy, const at::Tensor& kept_costs,
+    std::array<bool, 4> output_mask, double eps, std::string_view cost_name,
+    std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps, /*check_weight_values=*/false);
   const Cost cost = parse_cost(cost_name);
   const bool online = parse_backend(kernels, backend);
@@ -395,7 +456,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
   TORCH_CHECK_VALUE(iters_xx == iters && iters_yy == iters,
                     "u_xy, u_xx and u_yy must have the same number of iterations L, got ", iters,
                     ", ", iters_xx, " and ", iters_yy);
-  const std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
+  std::vector<Problem> all = loss_problems(x, y, x_weights, y_weights);
+  use_kept_costs(kernels, all, kept_costs, online);
   const at::Tensor* histories[] = {&u_xy, &v_xy, &u_xx, &v_xx, &u_yy, &v_yy};
   const at::Tensor grad = grad_loss.contiguous();
   const at::Tensor grad_costs[] = {2 * grad, -grad, -grad};
@@ -438,19 +500,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backwar
 TORCH_LIBRARY(sinkhorn_ext, m) {
   m.def(
       "sinkhorn_cost(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
-      "int iters, str cost, str backend=\"tensorized\") -> (Tensor, Tensor, Tensor)");
+      "int iters, str cost, str backend=\"tensorized\") -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_cost_backward(Tensor grad_cost, Tensor x, Tensor y, Tensor x_weights, "
-      "Tensor y_weights, Tensor u_history, Tensor v_history, float eps, str cost, "
-      "str backend=\"tensorized\") "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor y_weights, Tensor u_history, Tensor v_history, Tensor kept_costs, float eps, "
+      "str cost, str backend=\"tensorized\") -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
       "int iters, str cost, str backend=\"tensorized\") "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sinkhorn_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor x_weights, "
       "Tensor y_weights, Tensor u_xy, Tensor v_xy, Tensor u_xx, Tensor v_xx, Tensor u_yy, "
-      "Tensor v_yy, bool[4] output_mask, float eps, str cost, str backend=\"tensorized\") -> "
-      "(Tensor, Tensor, Tensor, Tensor)");
+      "Tensor v_yy, Tensor kept_costs, bool[4] output_mask, float eps, str cost, "
+      "str backend=\"tensorized\") -> (Tensor, Tensor, Tensor, Tensor)");
 }
