@@ -31,9 +31,10 @@ struct SinkhornParams {
   T* u_history = nullptr;  // (B, L, m), u^1..u^L
   T* v_history = nullptr;  // (B, L, n), v^1..v^L
 
-  // C (B, m, n) kept from the forward for the backward, where the kernels keep it (the CPU's,
-  // where C is a BLAS product and small: ops::Kernels::keeps_costs): the forward writes it,
-  // the backward reads it instead of building it again. Null where it is not kept.
+  // C (B, m, n) kept for the forward and the backward, where the kernels keep it (the CPU's,
+  // where C is a BLAS product and small: ops::Kernels::keeps_costs): built before the
+  // forward (KernelPair::build_costs), read by it and by the backward, which would otherwise
+  // build it again. Null where it is not kept.
   T* kept_costs = nullptr;
 
   // Forward output.

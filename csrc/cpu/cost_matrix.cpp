@@ -26,6 +26,16 @@ void for_each_pair_on_or_above_diagonal(int64_t n, const Fn& fn) {
         for (int64_t c = std::max(c0, r); c < std::min(n, c0 + kTile); ++c) fn(r, c);
 }
 
+// The first row of part t of parts ranges of rows that cut the upper triangle (diagonal
+// included) of an n x n matrix into about equal areas; n for t = parts.
+int64_t equal_area_row(int64_t n, int64_t t, int64_t parts) {
+  const double target = static_cast<double>(t) * static_cast<double>(n) * (n + 1) / (2.0 * parts);
+  double area = 0;
+  int64_t r = 0;
+  while (r < n && area < target) area += static_cast<double>(n - r++);
+  return t >= parts ? n : r;
+}
+
 }  // namespace
 
 template <typename T>
@@ -76,15 +86,22 @@ template <typename T>
 void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost cost, T* M) {
   const int64_t rows = a.count, cols = b.count;
   if (b_is_a && a.by_products()) {
-    // C = C^T: the rows' blocks from the diagonal on, one BLAS product each (threaded by BLAS
-    // itself: the blocks shrink, so splitting them over threads would not balance), then the
-    // rest mirrored. Half the flops of the full product.
-    constexpr int64_t kBlock = 64;
+    // C = C^T: strips of rows from the diagonal on, one BLAS product each, then the rest
+    // mirrored; about half the flops of the full product. Each thread takes a range of rows
+    // of equal area (the strips shrink down the rows), cut the same way inside a parallel
+    // region, where the ranges run one after the other.
+    constexpr int64_t kStrip = 32;
+    const int64_t parts = at::get_num_threads();
     for (int64_t bi = 0; bi < a.batch; ++bi) {
       T* Mb = M + bi * rows * rows;
-      for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
-        cost_tile(a, a, bi, r0, std::min(rows, r0 + kBlock), r0, rows, cost, Mb + r0 * rows + r0,
-                  rows);
+      at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t stop = equal_area_row(rows, t + 1, parts);
+          for (int64_t r0 = equal_area_row(rows, t, parts); r0 < stop; r0 += kStrip)
+            cost_tile(a, a, bi, r0, std::min(stop, r0 + kStrip), r0, rows, cost,
+                      Mb + r0 * rows + r0, rows);
+        }
+      });
       for_each_pair_on_or_above_diagonal(rows, [&](int64_t r, int64_t c) {
         Mb[c * rows + r] = Mb[r * rows + c];
       });

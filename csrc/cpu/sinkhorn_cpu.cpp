@@ -45,10 +45,9 @@ T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
 // Runs the scaling strategy where core/softmin.h proves it exact for this C (a NaN anywhere
 // rules it out, and the log domain propagates it), the log-domain one elsewhere. Where C is
 // large and d small, the scaling strategy recomputes C tile by tile, so that it keeps K
-// alone; otherwise C is built once, into p.kept_costs where the forward keeps it, and not
-// built at all where the backward finds it kept (costs_kept).
+// alone; otherwise C is built once, or read from p.kept_costs where it is kept.
 template <typename T, typename Scaling, typename LogDomain>
-void run_tensorized(const SinkhornParams<T>& p, bool costs_kept, const Scaling& scaling,
+void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
                     const LogDomain& log_domain) {
   const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
   const int64_t size = p.batch * p.m * p.n;
@@ -57,7 +56,7 @@ void run_tensorized(const SinkhornParams<T>& p, bool costs_kept, const Scaling& 
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
   Buffer<T> buffer(p.kept_costs != nullptr ? 0 : size);
   T* C = p.kept_costs != nullptr ? p.kept_costs : buffer.get();
-  if (!costs_kept) build_cost_matrix(x, y, p.x_is_y, p.cost, C);
+  if (p.kept_costs == nullptr) build_cost_matrix(x, y, p.x_is_y, p.cost, C);
   if (scaling_form_is_safe(max_of_costs(C, size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C));
   log_domain(p, C);
@@ -70,16 +69,21 @@ bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d) {
 }
 
 template <typename T>
+void build_kept_costs(const SinkhornParams<T>& p) {
+  build_cost_matrix(Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d), p.x_is_y,
+                    p.cost, p.kept_costs);
+}
+
+template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
   if (p.online) return online_forward(p);
-  run_tensorized(p, /*costs_kept=*/false, scaling_forward<T>, log_domain_forward<T>);
+  run_tensorized(p, scaling_forward<T>, log_domain_forward<T>);
 }
 
 template <typename T>
 void sinkhorn_backward(const SinkhornParams<T>& p) {
   if (p.online) return online_backward(p);
-  run_tensorized(p, /*costs_kept=*/p.kept_costs != nullptr, scaling_backward<T>,
-                 log_domain_backward<T>);
+  run_tensorized(p, scaling_backward<T>, log_domain_backward<T>);
 }
 
 template <typename T>
@@ -93,6 +97,8 @@ void finish_backward(const SinkhornParams<T>& p, T* H) {
   }
 }
 
+template void build_kept_costs<float>(const SinkhornParams<float>&);
+template void build_kept_costs<double>(const SinkhornParams<double>&);
 template void sinkhorn_forward<float>(const SinkhornParams<float>&);
 template void sinkhorn_forward<double>(const SinkhornParams<double>&);
 template void sinkhorn_backward<float>(const SinkhornParams<float>&);

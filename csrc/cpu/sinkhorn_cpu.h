@@ -15,7 +15,12 @@ namespace sinkhorn::cpu {
 // backward's own contraction, and small enough (at most 2^20 costs) to hold in between.
 bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d);
 
-// Runs the L iterations; writes cost_out, u_history, v_history (and kept_costs, if set).
+// Builds C into kept_costs, before the forward: on all threads, where the forwards of the
+// loss's three problems would build theirs one problem per thread.
+template <typename T>
+void build_kept_costs(const SinkhornParams<T>& p);
+
+// Runs the L iterations, on kept_costs if set; writes cost_out, u_history, v_history.
 template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p);
 

@@ -196,11 +196,10 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
 // Runs fn(k) for the k < count independent problems: at once on the host threads where the
 // kernels allow it and each problem is small enough to run on one thread anyway (the CPU
 // kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
-// (Even where BLAS products dominate, as at d = 784, m = 200, one problem per thread beats
-// products on both threads and the iterations on one.) At once, the problems are dealt to the
-// threads largest first, each to the least loaded, a self-term counting half (where its
-// cost matrix dominates, at large d, it is built from its symmetry): the loss's three
-// problems on two threads run as W(x, y) beside W(x, x) then W(y, y).
+// (Where BLAS products would dominate, at large d, the kept costs are built before, on all
+// threads.) At once, the problems are dealt to the threads largest first, each to the least
+// loaded, a self-term counting half: the loss's three problems on two threads run as
+// W(x, y) beside W(x, x) then W(y, y).
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(problems.size());
@@ -306,6 +305,11 @@ std::vector<at::Tensor> run_forward(const Kernels& kernels, std::vector<Problem>
     pr.v_history = at::empty({pr.batch(), iters, pr.n()}, opts);
   }
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn_forward", [&] {
+    // Kept costs first, each on all threads: where they dominate (BLAS products at large d),
+    // the problems at once would leave a thread idle while another builds two.
+    for (const Problem& pr : problems)
+      if (pr.kept_costs.defined())
+        kernels.of<scalar_t>().build_costs(make_params<scalar_t>(pr, eps, iters, cost, online));
     for_each_problem(kernels, problems, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();

@@ -21,6 +21,7 @@ template <typename T>
 struct KernelPair {
   Kernel<T> forward;
   Kernel<T> backward;
+  Kernel<T> build_costs;  // builds SinkhornParams::kept_costs; null where none are kept
 };
 
 // The kernels of one device, for each dtype.
@@ -35,8 +36,8 @@ struct Kernels {
   bool concurrent_problems;
   // Whether the kernels implement backend="online" (SinkhornParams::online).
   bool online_backend;
-  // Whether the tensorized forward of a (batch, m, n, d) problem keeps C for the backward
-  // (SinkhornParams::kept_costs); null: never.
+  // Whether the tensorized backend keeps C of a (batch, m, n, d) problem for the forward and
+  // the backward (SinkhornParams::kept_costs, KernelPair::build_costs); null: never.
   bool (*keeps_costs)(int64_t batch, int64_t m, int64_t n, int64_t d);
   const char* device_name;
 

@@ -7,8 +7,10 @@
 namespace sinkhorn::ops {
 namespace {
 
-constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>},
-                              {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>},
+constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>,
+                               cpu::build_kept_costs<float>},
+                              {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>,
+                               cpu::build_kept_costs<double>},
                               /*needs_workspace=*/false,
                               /*concurrent_problems=*/true,
                               /*online_backend=*/true,
