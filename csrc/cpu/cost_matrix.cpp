@@ -29,11 +29,12 @@ void for_each_pair_on_or_above_diagonal(int64_t n, const Fn& fn) {
 // The first row of part t of parts ranges of rows that cut the upper triangle (diagonal
 // included) of an n x n matrix into about equal areas; n for t = parts.
 int64_t equal_area_row(int64_t n, int64_t t, int64_t parts) {
+  if (t >= parts) return n;
   const double target = static_cast<double>(t) * static_cast<double>(n) * (n + 1) / (2.0 * parts);
   double area = 0;
   int64_t r = 0;
   while (r < n && area < target) area += static_cast<double>(n - r++);
-  return t >= parts ? n : r;
+  return r;
 }
 
 }  // namespace

@@ -10,9 +10,10 @@
 
 namespace sinkhorn::cpu {
 
-// Whether these kernels keep C from the forward for the backward (SinkhornParams::kept_costs):
-// where it is a BLAS product (d >= kGemmMinDim), whose rebuild would cost as much as the
-// backward's own contraction, and small enough (at most 2^20 costs) to hold in between.
+// Whether these kernels keep C (SinkhornParams::kept_costs: built once, read by the forward
+// and the backward): where it is a BLAS product (d >= kGemmMinDim), whose rebuild would cost
+// the backward as much as its own contraction, and small enough (at most 2^20 costs) to
+// hold in between.
 bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d);
 
 // Builds C into kept_costs, before the forward: on all threads, where the forwards of the
