@@ -54,9 +54,12 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
   if (!x.by_products() && size > kStoredCostsMax &&
       scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
-  Buffer<T> buffer(p.kept_costs != nullptr ? 0 : size);
-  T* C = p.kept_costs != nullptr ? p.kept_costs : buffer.get();
-  if (p.kept_costs == nullptr) build_cost_matrix(x, y, p.x_is_y, p.cost, C);
+  Buffer<T> built(p.kept_costs != nullptr ? 0 : size);
+  const T* C = p.kept_costs;
+  if (C == nullptr) {
+    build_cost_matrix(x, y, p.x_is_y, p.cost, built.get());
+    C = built.get();
+  }
   if (scaling_form_is_safe(max_of_costs(C, size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C));
   log_domain(p, C);

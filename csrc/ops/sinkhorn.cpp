@@ -151,7 +151,7 @@ int64_t check_backward_inputs(const at::Tensor& x, const at::Tensor& grad, const
 struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
-  at::Tensor kept_costs;     // C (B, m, n) kept by the forward for the backward, if defined
+  at::Tensor kept_costs;     // C (B, m, n) kept for the forward and the backward, if defined
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
   bool needs_grad_y = true;  // the backward computes grad_y (unless x_is_y)
 
@@ -232,7 +232,7 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
   });
 }
 
-// Whether the kernels keep the costs of all these problems from the forward for the backward.
+// Whether the kernels keep the costs of all these problems (Kernels::keeps_costs).
 bool keeps_costs(const Kernels& kernels, const std::vector<Problem>& problems, bool online) {
   if (online || kernels.keeps_costs == nullptr) return false;
   return std::all_of(problems.begin(), problems.end(), [&](const Problem& pr) {
