@@ -68,6 +68,33 @@ void for_each_row_range(int64_t batch, int64_t rows, int64_t row_work, const Fn&
   });
 }
 
+// The passes that sum over rows split the rows of each batch into parts, each with its own
+// sums: one per thread at most (one inside a parallel region), fewer where the work is small
+// (row_work per row). Parts are whole kRowBlock blocks, so each row is computed alike.
+inline int64_t row_parts(int64_t batch, int64_t rows, int64_t row_work) {
+  if (at::in_parallel_region()) return 1;
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t by_work = rows * std::max<int64_t>(1, row_work) / kChunkWork;
+  const int64_t by_threads = (at::get_num_threads() + batch - 1) / batch;
+  return std::max<int64_t>(1, std::min({blocks, by_work, by_threads}));
+}
+
+// Runs fn(b, part, r0, r1) over the parts [r0, r1) of the rows of every batch b, in parallel.
+template <typename Fn>
+void for_each_row_part(int64_t batch, int64_t rows, int64_t parts, int64_t row_work,
+                       const Fn& fn) {
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t part_work = std::max<int64_t>(1, rows * row_work / parts);
+  const int64_t grain = std::max<int64_t>(1, kChunkWork / part_work);
+  at::parallel_for(0, batch * parts, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t part = k % parts;
+      fn(k / parts, part, blocks * part / parts * kRowBlock,
+         std::min(rows, blocks * (part + 1) / parts * kRowBlock));
+    }
+  });
+}
+
 // Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel: the
 // unit of the passes that compute costs on the fly (cpu/cost_matrix.h cost_tile).
 constexpr int64_t kTileRows = 32;

@@ -36,31 +36,39 @@ void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e
   }
 }
 
-// out[b, c] = sum_r M[b, r, c] v[b, r] for M (B, rows, cols), by blocks of columns, each
-// reading its stripe of every row; then finish(b, c0, c1) on each block [c0, c1), on the
-// thread that computed it (the finishing steps are vector loops over the block).
-template <typename T, typename Finish>
-void column_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
-                     const Finish& finish) {
-  for_each_column_block(batch, cols, rows, [&](int64_t b, int64_t c0, int64_t c1) {
-    T* acc = out + b * cols + c0;
-    const int width = static_cast<int>(c1 - c0);
-    std::fill(acc, acc + width, T(0));
-    matvec_transposed(M + b * rows * cols + c0, static_cast<int>(rows), cols, width,
-                      v + b * rows, acc);
-    finish(b, c0, c1);
-  });
+// Rows per tile of row_then_column_products: a tile is read a second time, from cache.
+template <typename T>
+int64_t fused_tile_rows(int64_t cols) {
+  constexpr int64_t kTileBytes = 256 * 1024;
+  const int64_t fit = kTileBytes / (cols * static_cast<int64_t>(sizeof(T))) / kRowBlock;
+  return std::clamp<int64_t>(fit * kRowBlock, kRowBlock, kTileRows);
 }
 
-// out[b, r] = sum_c M[b, r, c] v[b, c] for M (B, rows, cols), then finish(b, r0, r1) on each
-// range of rows.
-template <typename T, typename Finish>
-void row_products(const T* M, const T* v, int64_t batch, int64_t rows, int64_t cols, T* out,
-                  const Finish& finish) {
-  for_each_row_range(batch, rows, cols, [&](int64_t b, int64_t r0, int64_t r1) {
-    matvec(M + (b * rows + r0) * cols, static_cast<int>(r1 - r0), static_cast<int>(cols),
-           v + b * cols, out + b * rows + r0);
-    finish(b, r0, r1);
+// One pass over K (B, rows, cols) for both half-steps of an iteration, or of a reverse level:
+// for each tile of rows, out[b, r] = sum_c K[b, r, c] v[b, c]; then weights = row_step(b,
+// slot, t0, t1) for the tile's rows [t0, t1), which the tile adds to the column sums of its
+// part of the rows, columns + slot * cols, while still in cache (slot = b * parts + part;
+// row_step returns nullptr where the tile adds nothing). A half-step that waited for all
+// the rows would read K twice: from memory at large sizes, where that is what bounds it.
+template <typename T, typename RowStep>
+void row_then_column_products(const T* K, const T* v, int64_t batch, int64_t rows, int64_t cols,
+                              int64_t parts, T* out, T* columns, const RowStep& row_step) {
+  const int64_t tile_rows = fused_tile_rows<T>(cols);
+  for_each_row_part(batch, rows, parts, 2 * cols, [&](int64_t b, int64_t part, int64_t r0,
+                                                      int64_t r1) {
+    const int64_t slot = b * parts + part;
+    T* part_columns = columns + slot * cols;
+    std::fill(part_columns, part_columns + cols, T(0));
+    for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
+      const int64_t t1 = std::min(r1, t0 + tile_rows);
+      const T* tile = K + (b * rows + t0) * cols;
+      matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v + b * cols,
+             out + b * rows + t0);
+      const T* weights = row_step(b, slot, t0, t1);
+      if (weights != nullptr)
+        matvec_transposed(tile, static_cast<int>(t1 - t0), cols, static_cast<int>(cols), weights,
+                          part_columns);
+    }
   });
 }
 
@@ -128,36 +136,72 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const T eps = p.eps, inv_eps = T(1) / eps;
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);  // eps log alpha
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
-  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n), e_buffer(B * std::max(m, n));
-  Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m);
+  constexpr T kNone = -std::numeric_limits<T>::infinity();
+  const int64_t parts = row_parts(B, m, 2 * n);
+  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n), e_buffer(B * n);
+  Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m), weight_buffer(B * m);
+  Buffer<T> part_column_buffer(B * parts * n), part_shift_buffer(B * parts);
   T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
   T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
+  T *weight = weight_buffer.get(), *part_columns = part_column_buffer.get();
+  T* part_shift = part_shift_buffer.get();
   build_kernel_matrix(C, B, m, n, eps, K);
   std::fill(g, g + B * n, T(0));  // g^0 = 0, i.e. b^0 = 1
 
   for (int64_t l = 1; l <= L; ++l) {
     // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
+    // Each tile's f^l goes at once into the g-update's column sums
+    // sum_i K_ij exp((f_i - delta) / eps), with delta the running max f of the tile's part
+    // (its sums rescaled as delta grows), so that K is read once per iteration.
     shifted_exp(g, B, n, eps, shift, e);
-    row_products(K, e, B, m, n, row, [&](int64_t b, int64_t i0, int64_t i1) {
+    std::fill(part_shift, part_shift + B * parts, kNone);
+    row_then_column_products(K, e, B, m, n, parts, row, part_columns,
+                             [&](int64_t b, int64_t slot, int64_t i0, int64_t i1) -> const T* {
+      const int count = static_cast<int>(i1 - i0);
       T* u = p.u_history + (b * L + l - 1) * m;
-      scaled_softmins(row + b * m + i0, shift[b], eps, static_cast<int>(i1 - i0), u + i0);
-      for (int64_t i = i0; i < i1; ++i) f[b * m + i] = log_alpha[b * m + i] + u[i];
+      scaled_softmins(row + b * m + i0, shift[b], eps, count, u + i0);
+      T tile_max = kNone;
+      for (int64_t i = i0; i < i1; ++i) {
+        f[b * m + i] = log_alpha[b * m + i] + u[i];
+        tile_max = std::max(tile_max, f[b * m + i]);
+      }
+      T& delta = part_shift[slot];
+      if (tile_max > delta) {
+        if (delta != kNone) {  // else nothing is summed yet
+          const T rescale = fast_exp((delta - tile_max) * inv_eps);
+          T* sums = part_columns + slot * n;
+          for (int64_t j = 0; j < n; ++j) sums[j] *= rescale;
+        }
+        delta = tile_max;
+      }
+      if (delta == kNone) return nullptr;  // zero weights alpha_i so far
+      exp_affine(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
+      return weight + b * m + i0;
     });
-    // g-update: v^l_j from the column j of K and f^l.
-    shifted_exp(f, B, m, eps, shift, e);
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j0, int64_t j1) {
+    // g-update: v^l_j = -delta - eps log(column sum j), the parts' sums brought to the shift
+    // delta = max f (a factor exp(0) = 1 exactly for the part that holds it).
+    for (int64_t b = 0; b < B; ++b) {
+      const T* shifts = part_shift + b * parts;
+      const T delta = *std::max_element(shifts, shifts + parts);
+      T* sums = column + b * n;
+      std::fill(sums, sums + n, T(0));
+      for (int64_t k = 0; k < parts; ++k) {
+        const T factor = fast_exp((shifts[k] - delta) * inv_eps);  // 0 for a part of kNone
+        const T* part = part_columns + (b * parts + k) * n;
+        for (int64_t j = 0; j < n; ++j) sums[j] += factor * part[j];
+      }
       T* v = p.v_history + (b * L + l - 1) * n;
-      scaled_softmins(column + b * n + j0, shift[b], eps, static_cast<int>(j1 - j0), v + j0);
-      for (int64_t j = j0; j < j1; ++j) g[b * n + j] = log_beta[b * n + j] + v[j];
-    });
+      scaled_softmins(sums, delta, eps, static_cast<int>(n), v);
+      for (int64_t j = 0; j < n; ++j) g[b * n + j] = log_beta[b * n + j] + v[j];
+    }
   }
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
   // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
   shifted_exp(g, B, n, eps, shift, e);
   cost_kernel_row_products(C, K, e, B, m, n, row);
   for (int64_t b = 0; b < B; ++b) {
-    exp_affine(f + b * m, -shift[b], inv_eps, static_cast<int>(m), e);
-    p.cost_out[b] = dot(e, row + b * m, static_cast<int>(m));
+    exp_affine(f + b * m, -shift[b], inv_eps, static_cast<int>(m), weight);
+    p.cost_out[b] = dot(weight, row + b * m, static_cast<int>(m));
   }
 }
 
@@ -167,14 +211,18 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const T eps = p.eps, inv_eps = T(1) / eps;
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
+  const int64_t parts = row_parts(B, m, 2 * n);
   Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n);
-  Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * std::max(m, n)), shift_buffer(B);
+  Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * n), shift_buffer(B);
+  Buffer<T> f_factor_buffer(B * m), f_shift_buffer(B), part_column_buffer(B * parts * n);
   Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
   Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
   Buffer<T> factor_buffer(B * std::max(m, n));  // exponential factors, by rows or by columns
   T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *factor = factor_buffer.get();
   T *phi = phi_buffer.get(), *psi = psi_buffer.get(), *e = e_buffer.get();
   T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
+  T *f_factor = f_factor_buffer.get(), *f_shift = f_shift_buffer.get();
+  T* part_columns = part_column_buffer.get();
   // dW/dC = K * (sum_k A[:, k] F[k, :] + terminal_row terminal_column^T (1 - C / eps)).
   T *A = A_buffer.get(), *F = F_buffer.get();
   T *terminal_row = terminal_row_buffer.get(), *terminal_column = terminal_column_buffer.get();
@@ -213,51 +261,60 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
     // Adjoint of the g-update, over the rows i: e_ij = exp((u_i + g_j - C_ij) / eps)
     // = exp((u_i + gamma) / eps) K_ij exp((g_j - gamma) / eps), gamma = max g.
     shifted_exp(g, B, n, eps, shift, e);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < n; ++j) F[(b * R + k) * n + j] = e[b * n + j] * psi[b * n + j];
     for (int64_t b = 0; b < B; ++b) {
-      row_products(K + b * m * n, F + (b * R + k) * n, 1, m, n,
-                   phi + b * m, [&](int64_t, int64_t i0, int64_t i1) {
-        const int count = static_cast<int>(i1 - i0);
-        T* row_factor = factor + b * m + i0;
-        exp_affine(u_at(b, l) + i0, -shift[b], inv_eps, count, row_factor);
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t bi = b * m + i;
-          const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
-          const T out = row_factor[i - i0] * sum;
-          phi[bi] = out;
-          p.grad_x_weights[bi] += eps * out;
-        }
-        // alpha_i exp((u_i + gamma) / eps)
-        exp_affine(f + b * m + i0, -shift[b], inv_eps, count, row_factor);
-        for (int64_t i = i0; i < i1; ++i) A[(b * m + i) * R + k] = row_factor[i - i0];
-      });
+      for (int64_t j = 0; j < n; ++j) {
+        e[b * n + j] *= psi[b * n + j];
+        F[(b * R + k) * n + j] = e[b * n + j];
+      }
     }
     // Adjoint of the f-update, over the columns j: e_ji = exp((s_j + f_i - C_ij) / eps)
     // = exp((s_j + max f) / eps) K_ij exp((f_i - max f) / eps), with s_j = v^{l-1}_j and
-    // weight beta_j (s_j = 0 and weight 1 at l = 1, where the f-update read g^0 = 0).
-    shifted_exp(f, B, m, eps, shift, e);
-    for (int64_t bi = 0; bi < B * m; ++bi) {
-      e[bi] *= phi[bi];
-      A[bi * R + k + 1] = e[bi];
-    }
-    if (l > 1) load_potentials(l - 1);  // e and shift above were the last reads of f^l, g^l
-    column_products(K, e, B, m, n, column, [&](int64_t b, int64_t j0, int64_t j1) {
+    // weight beta_j (s_j = 0 and weight 1 at l = 1, where the f-update read g^0 = 0). Each
+    // tile's phi^l goes at once into its column sums, so that K is read once per level.
+    shifted_exp(f, B, m, eps, f_shift, f_factor);
+    row_then_column_products(K, e, B, m, n, parts, phi, part_columns,
+                             [&](int64_t b, int64_t, int64_t i0, int64_t i1) -> const T* {
+      const int count = static_cast<int>(i1 - i0);
+      T* row_factor = factor + b * m + i0;
+      exp_affine(u_at(b, l) + i0, -shift[b], inv_eps, count, row_factor);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t bi = b * m + i;
+        const T sum = l == L ? row[bi] * inv_eps - phi[bi] : -phi[bi];
+        const T out = row_factor[i - i0] * sum;
+        phi[bi] = out;
+        p.grad_x_weights[bi] += eps * out;
+      }
+      // alpha_i exp((u_i + gamma) / eps)
+      exp_affine(f + b * m + i0, -shift[b], inv_eps, count, row_factor);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t bi = b * m + i;
+        A[bi * R + k] = row_factor[i - i0];
+        f_factor[bi] *= phi[bi];  // the weights of the column sums
+        A[bi * R + k + 1] = f_factor[bi];
+      }
+      return f_factor + b * m + i0;
+    });
+    if (l > 1) load_potentials(l - 1);  // the pass above was the last read of f^l, g^l
+    for (int64_t b = 0; b < B; ++b) {
+      T* sums = column + b * n;
+      std::copy(part_columns + b * parts * n, part_columns + (b * parts + 1) * n, sums);
+      for (int64_t part = 1; part < parts; ++part) {
+        const T* part_sums = part_columns + (b * parts + part) * n;
+        for (int64_t j = 0; j < n; ++j) sums[j] += part_sums[j];
+      }
       T* F_row = F + (b * R + k + 1) * n;
       if (l == 1) {  // g^0 = 0
-        std::fill(F_row + j0, F_row + j1, fast_exp(shift[b] * inv_eps));
-        return;
+        std::fill(F_row, F_row + n, fast_exp(f_shift[b] * inv_eps));
+        continue;
       }
-      const int count = static_cast<int>(j1 - j0);
-      T* column_factor = factor + b * n + j0;
-      exp_affine(g + b * n + j0, -shift[b], inv_eps, count, F_row + j0);  // from g^{l-1}
-      exp_affine(v_at(b, l - 1) + j0, -shift[b], inv_eps, count, column_factor);
-      for (int64_t j = j0; j < j1; ++j) {
-        const T out = -column_factor[j - j0] * column[b * n + j];
+      exp_affine(g + b * n, -f_shift[b], inv_eps, static_cast<int>(n), F_row);  // from g^{l-1}
+      exp_affine(v_at(b, l - 1), -f_shift[b], inv_eps, static_cast<int>(n), factor);
+      for (int64_t j = 0; j < n; ++j) {
+        const T out = -factor[j] * sums[j];
         psi[b * n + j] = out;
         p.grad_y_weights[b * n + j] += eps * out;
       }
-    });
+    }
   }
 
   // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F of each tile from BLAS.

@@ -1,8 +1,9 @@
 // csrc/cpu/strategies.h: the scaling strategy and the online backend give the log-domain
 // strategy's results to rounding (forward: W and both histories; backward: all four
 // gradients), the scaling strategy where scaling_form_is_safe holds, the online backend at any
-// eps; including zero weights, tails of the four-row, 128-column and 512-point blocks,
-// batches, both costs and thread counts; and the dispatch picks the log domain past the bound.
+// eps; including zero weights (a whole tile of them), tails of the four-row, 128-column and
+// 512-point blocks, batches, both costs and thread counts; and the dispatch picks the log
+// domain past the bound.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -153,21 +154,46 @@ SK_TEST(strategies, zero_weights_scaling_matches_log_domain) {
   }
 }
 
+SK_TEST(strategies, scaling_matches_log_domain_where_a_whole_tile_has_zero_weights) {
+  // alpha_i = 0 for the first 40 rows, more than a tile of 32: the column sums of the
+  // iterations start at the first tile that has a weight.
+  auto p = make_problem<double>(1, 100, 70, 2, 6, 0.4, Cost::kSqEuclidean, 52);
+  std::fill(p.a.begin(), p.a.begin() + 40, 0.0);
+  for (double& w : p.a) w = w == 0.0 ? 0.0 : 1.0 / 60;
+  check_scaling_matches_log_domain(p, 1e-12);
+  check_scaling_matches_log_domain(p.cast<float>(), 5e-5);
+}
+
 SK_TEST(strategies, scaling_is_independent_of_thread_count) {
   ThreadCountGuard guard;
-  const Problem<double> p = make_problem<double>(2, 301, 517, 3, 4, 0.5, Cost::kSqEuclidean, 8);
-  auto run = [&](int threads) {
+  auto run = [](const Problem<double>& p, int threads) {
     at::set_num_threads(threads);
     const ForwardResult<double> fw = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<double>);
     return std::make_pair(fw, sktest::run_backward(p, fw, {1.0, 0.5}, sinkhorn::cpu::sinkhorn_backward<double>));
   };
-  const auto [f1, g1] = run(1);
+  // Small enough that each problem of the batch runs on one thread: bitwise.
+  const Problem<double> small = make_problem<double>(2, 301, 517, 3, 4, 0.5, Cost::kSqEuclidean, 8);
+  const auto [f1, g1] = run(small, 1);
   for (int threads : {2, 3}) {
-    const auto [fk, gk] = run(threads);
-    // Row ranges start at block multiples and columns are summed by fixed blocks: bitwise.
+    const auto [fk, gk] = run(small, threads);
     SK_CHECK(fk.W == f1.W && fk.u == f1.u && fk.v == f1.v) << threads << " threads, forward";
     SK_CHECK(gk.x == g1.x && gk.y == g1.y && gk.a == g1.a && gk.b == g1.b)
         << threads << " threads, backward";
+  }
+  // Large enough that the rows are split into a part per thread, each with its column sums
+  // (cpu/parallel.h row_parts): bitwise per thread count, equal across counts to rounding.
+  const Problem<double> large = make_problem<double>(1, 803, 517, 3, 4, 0.5, Cost::kEuclidean, 9);
+  const auto [fl1, gl1] = run(large, 1);
+  for (int threads : {2, 3}) {
+    const auto [fk, gk] = run(large, threads);
+    SK_CHECK(max_rel_diff(fk.W, fl1.W) <= 1e-13) << threads << " threads, W";
+    SK_CHECK(max_rel_diff(fk.v, fl1.v, max_abs(fl1.v) + 0.5) <= 1e-13) << threads << " threads, v";
+    for (const auto& [got, expected] : {std::make_pair(&gk.x, &gl1.x), std::make_pair(&gk.y, &gl1.y),
+                                        std::make_pair(&gk.a, &gl1.a), std::make_pair(&gk.b, &gl1.b)})
+      SK_CHECK(max_rel_diff(*got, *expected) <= 1e-12)
+          << threads << " threads, backward: " << max_rel_diff(*got, *expected);
+    const auto [fk2, gk2] = run(large, threads);
+    SK_CHECK(fk2.v == fk.v && gk2.x == gk.x && gk2.y == gk.y) << threads << " threads, repeated";
   }
 }
 
