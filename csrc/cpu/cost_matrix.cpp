@@ -15,14 +15,16 @@ namespace {
 // directly (so coincident points get exactly 0, which the euclidean gradient relies on).
 constexpr double kRecomputeBelow = 1.0 / 32;
 
-// fn(r, c) for every c >= r < n, by 32 x 32 tiles, so that a symmetric update of (r, c) and
-// (c, r) reads and writes the transposed side a cache line at a time.
+// fn(r, c) for the rows r in [r_begin, r_end) and every c >= r < n, by 32 x 32 tiles, so
+// that a symmetric update of (r, c) and (c, r) reads and writes the transposed side a cache
+// line at a time.
 template <typename Fn>
-void for_each_pair_on_or_above_diagonal(int64_t n, const Fn& fn) {
+void for_each_pair_on_or_above_diagonal(int64_t n, int64_t r_begin, int64_t r_end,
+                                        const Fn& fn) {
   constexpr int64_t kTile = 32;
-  for (int64_t r0 = 0; r0 < n; r0 += kTile)
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kTile)
     for (int64_t c0 = r0; c0 < n; c0 += kTile)
-      for (int64_t r = r0; r < std::min(n, r0 + kTile); ++r)
+      for (int64_t r = r0; r < std::min(r_end, r0 + kTile); ++r)
         for (int64_t c = std::max(c0, r); c < std::min(n, c0 + kTile); ++c) fn(r, c);
 }
 
@@ -37,10 +39,22 @@ int64_t equal_area_row(int64_t n, int64_t t, int64_t parts) {
   return r;
 }
 
+// fn(r0, r1) for ranges of rows [r0, r1) of an n x n matrix that cut its upper triangle into
+// equal areas, one per thread, in parallel (one after the other inside a parallel region):
+// the symmetric passes over (r, c) and (c, r), whose ranges touch disjoint pairs.
+template <typename Fn>
+void for_each_equal_area_rows(int64_t n, const Fn& fn) {
+  const int64_t parts = at::get_num_threads();
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      fn(equal_area_row(n, t, parts), equal_area_row(n, t + 1, parts));
+  });
+}
+
 }  // namespace
 
 template <typename T>
-Cloud<T>::Cloud(const T* points_, int64_t batch_, int64_t count_, int64_t d_)
+Cloud<T>::Cloud(const T* points_, int64_t batch_, int64_t count_, int64_t d_, bool with_norms)
     : points(points_), batch(batch_), count(count_), d(d_) {
   transposed.resize(static_cast<std::size_t>(batch * transposed_rows() * count));
   for (int64_t b = 0; b < batch; ++b) {
@@ -50,7 +64,7 @@ Cloud<T>::Cloud(const T* points_, int64_t batch_, int64_t count_, int64_t d_)
     for (int64_t r = 0; r < count; ++r)
       for (int64_t k = 0; k < d; ++k) block[(k + 1) * count + r] = point(b, r)[k];
   }
-  if (by_products()) {
+  if (by_products() && with_norms) {
     norms.resize(static_cast<std::size_t>(batch * count));
     for (int64_t r = 0; r < batch * count; ++r)
       norms[r] = dot(points + r * d, points + r * d, static_cast<int>(d));
@@ -67,6 +81,7 @@ void cost_tile(const Cloud<T>& a, const Cloud<T>& b, int64_t bi, int64_t r0, int
                static_cast<int>(width), cost, out + (r - r0) * out_stride);
     return;
   }
+  TORCH_INTERNAL_ASSERT(!a.norms.empty() && !b.norms.empty(), "cost_tile needs the norms");
   at::Tensor dots = matrix(out, r1 - r0, width, out_stride);
   at::mm_out(dots, matrix(a.point(bi, r0), r1 - r0, d), matrix(b.point(bi, c0), width, d).t());
   for (int64_t r = r0; r < r1; ++r) {
@@ -87,24 +102,19 @@ template <typename T>
 void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost cost, T* M) {
   const int64_t rows = a.count, cols = b.count;
   if (b_is_a && a.by_products()) {
-    // C = C^T: strips of rows from the diagonal on, one BLAS product each, then the rest
-    // mirrored; about half the flops of the full product. Each thread takes a range of rows
-    // of equal area (the strips shrink down the rows), cut the same way inside a parallel
-    // region, where the ranges run one after the other.
+    // C = C^T: strips of rows from the diagonal on, one BLAS product each, then mirrored;
+    // about half the flops of the full product. Each thread takes a range of rows of equal
+    // area (the strips shrink down the rows).
     constexpr int64_t kStrip = 32;
-    const int64_t parts = at::get_num_threads();
     for (int64_t bi = 0; bi < a.batch; ++bi) {
       T* Mb = M + bi * rows * rows;
-      at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t stop = equal_area_row(rows, t + 1, parts);
-          for (int64_t r0 = equal_area_row(rows, t, parts); r0 < stop; r0 += kStrip)
-            cost_tile(a, a, bi, r0, std::min(stop, r0 + kStrip), r0, rows, cost,
-                      Mb + r0 * rows + r0, rows);
-        }
-      });
-      for_each_pair_on_or_above_diagonal(rows, [&](int64_t r, int64_t c) {
-        Mb[c * rows + r] = Mb[r * rows + c];
+      for_each_equal_area_rows(rows, [&](int64_t start, int64_t stop) {
+        for (int64_t r0 = start; r0 < stop; r0 += kStrip)
+          cost_tile(a, a, bi, r0, std::min(stop, r0 + kStrip), r0, rows, cost,
+                    Mb + r0 * rows + r0, rows);
+        for_each_pair_on_or_above_diagonal(rows, start, stop, [&](int64_t r, int64_t c) {
+          Mb[c * rows + r] = Mb[r * rows + c];
+        });
       });
     }
     return;
@@ -122,8 +132,10 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
   if (b_is_a) {  // sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c): the rows of H + H^T
     for (int64_t bi = 0; bi < batch; ++bi) {
       T* Hb = H + bi * rows * rows;
-      for_each_pair_on_or_above_diagonal(rows, [&](int64_t r, int64_t c) {
-        Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+      for_each_equal_area_rows(rows, [&](int64_t start, int64_t stop) {
+        for_each_pair_on_or_above_diagonal(rows, start, stop, [&](int64_t r, int64_t c) {
+          Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+        });
       });
     }
   }

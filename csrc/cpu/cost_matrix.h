@@ -13,10 +13,12 @@ namespace sinkhorn::cpu {
 
 constexpr int64_t kGemmMinDim = 16;
 
-// A cloud (B, count, d) and what the tiles need of it, computed once.
+// A cloud (B, count, d) and what the tiles need of it, computed once. with_norms: the squared
+// norms that cost_tile needs (by_products()); a cloud whose costs are not computed (they are
+// kept, or it is only contracted with) goes without.
 template <typename T>
 struct Cloud {
-  Cloud(const T* points, int64_t batch, int64_t count, int64_t d);
+  Cloud(const T* points, int64_t batch, int64_t count, int64_t d, bool with_norms = true);
 
   const T* point(int64_t b, int64_t r) const { return points + (b * count + r) * d; }
   bool by_products() const { return d >= kGemmMinDim; }
@@ -31,7 +33,7 @@ struct Cloud {
   const T* points;
   int64_t batch, count, d;
   std::vector<T> transposed;  // (B, transposed_rows(), count)
-  std::vector<T> norms;       // (B, count) squared norms, if by_products()
+  std::vector<T> norms;       // (B, count) squared norms, if by_products() and with_norms
 
  private:
   int64_t transposed_rows() const { return by_products() ? 1 : d + 1; }

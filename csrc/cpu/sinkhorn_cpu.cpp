@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "core/softmin.h"
@@ -42,25 +43,66 @@ T max_cost_by_tiles(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
   return max_of_costs(row_max.data(), x.batch * x.count);
 }
 
+// An upper bound on max C from the bounding boxes of the clouds: the largest distance
+// between the boxes of a batch, with 1% added for the rounding of the costs themselves.
+// Infinite where a coordinate is not finite (the exact max then decides, NaN included).
+template <typename T>
+T max_cost_bound(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
+  const int64_t d = x.d;
+  std::vector<T> box(static_cast<std::size_t>(4 * d));  // lower and upper corners of x, of y
+  T bound = T(0);
+  for (int64_t b = 0; b < x.batch; ++b) {
+    T probe = T(0);  // 0 * coordinate: NaN if any coordinate is infinite or NaN
+    for (const Cloud<T>* cloud : {&x, &y}) {
+      T* lower = box.data() + (cloud == &x ? 0 : 2 * d);
+      T* upper = lower + d;
+      std::fill(lower, upper, std::numeric_limits<T>::infinity());
+      std::fill(upper, upper + d, -std::numeric_limits<T>::infinity());
+      for (int64_t r = 0; r < cloud->count; ++r) {
+        const T* point = cloud->point(b, r);
+#pragma omp simd reduction(+ : probe)
+        for (int64_t k = 0; k < d; ++k) {
+          lower[k] = std::min(lower[k], point[k]);
+          upper[k] = std::max(upper[k], point[k]);
+          probe += point[k] * T(0);
+        }
+      }
+    }
+    if (probe != T(0)) return std::numeric_limits<T>::infinity();
+    T squared = T(0);
+    for (int64_t k = 0; k < d; ++k) {
+      const T widest = std::max(box[d + k] - box[2 * d + k], box[3 * d + k] - box[k]);
+      squared += widest * widest;
+    }
+    bound = std::max(bound, squared);
+  }
+  return T(1.01) * cost_of_squared_distance(bound, cost);
+}
+
 // Runs the scaling strategy where core/softmin.h proves it exact for this C (a NaN anywhere
-// rules it out, and the log domain propagates it), the log-domain one elsewhere. Where C is
-// large and d small, the scaling strategy recomputes C tile by tile, so that it keeps K
-// alone; otherwise C is built once, or read from p.kept_costs where it is kept.
+// rules it out, and the log domain propagates it), the log-domain one elsewhere: first by a
+// bound on max C from the clouds, then, where that does not settle it, by the max itself.
+// Where C is large and d small, the scaling strategy recomputes C tile by tile, so that it
+// keeps K alone; otherwise C is built once, or read from p.kept_costs where it is kept.
 template <typename T, typename Scaling, typename LogDomain>
 void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
                     const LogDomain& log_domain) {
-  const Cloud<T> x(p.x, p.batch, p.m, p.d), y(p.y, p.batch, p.n, p.d);
+  const bool builds_costs = p.kept_costs == nullptr;
+  const Cloud<T> x(p.x, p.batch, p.m, p.d, builds_costs);
+  std::optional<Cloud<T>> other;  // y, unless it is x (a self-term)
+  const Cloud<T>& y = p.x_is_y ? x : other.emplace(p.y, p.batch, p.n, p.d, builds_costs);
   const int64_t size = p.batch * p.m * p.n;
+  const bool safe_by_bound = scaling_form_is_safe(max_cost_bound(x, y, p.cost) / p.eps);
   if (!x.by_products() && size > kStoredCostsMax &&
-      scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps))
+      (safe_by_bound || scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps)))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
-  Buffer<T> built(p.kept_costs != nullptr ? 0 : size);
+  Buffer<T> built(builds_costs ? size : 0);
   const T* C = p.kept_costs;
-  if (C == nullptr) {
+  if (builds_costs) {
     build_cost_matrix(x, y, p.x_is_y, p.cost, built.get());
     C = built.get();
   }
-  if (scaling_form_is_safe(max_of_costs(C, size) / p.eps))
+  if (safe_by_bound || scaling_form_is_safe(max_of_costs(C, size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C));
   log_domain(p, C);
 }
@@ -73,8 +115,9 @@ bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d) {
 
 template <typename T>
 void build_kept_costs(const SinkhornParams<T>& p) {
-  build_cost_matrix(Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d), p.x_is_y,
-                    p.cost, p.kept_costs);
+  const Cloud<T> x(p.x, p.batch, p.m, p.d);
+  if (p.x_is_y) return build_cost_matrix(x, x, true, p.cost, p.kept_costs);
+  build_cost_matrix(x, Cloud<T>(p.y, p.batch, p.n, p.d), false, p.cost, p.kept_costs);
 }
 
 template <typename T>
@@ -91,8 +134,13 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 
 template <typename T>
 void finish_backward(const SinkhornParams<T>& p, T* H) {
-  contract_with_clouds(H, Cloud<T>(p.x, p.batch, p.m, p.d), Cloud<T>(p.y, p.batch, p.n, p.d),
-                       p.x_is_y, p.grad_cost, p.grad_x, p.grad_y);
+  const Cloud<T> x(p.x, p.batch, p.m, p.d, /*with_norms=*/false);
+  if (p.x_is_y) {
+    contract_with_clouds(H, x, x, true, p.grad_cost, p.grad_x, p.grad_y);
+  } else {
+    contract_with_clouds(H, x, Cloud<T>(p.y, p.batch, p.n, p.d, false), false, p.grad_cost,
+                         p.grad_x, p.grad_y);
+  }
   for (int64_t b = 0; b < p.batch; ++b) {
     const T g = p.grad_cost[b];
     for (int64_t i = b * p.m; i < (b + 1) * p.m; ++i) p.grad_x_weights[i] *= g;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -207,6 +208,24 @@ SK_TEST(strategies, dispatch_uses_the_log_domain_past_the_bound) {
   const ForwardResult<float> dispatched = sktest::run_forward(pf, sinkhorn_forward<float>);
   const ForwardResult<float> log_domain = sktest::run_forward(pf, with_cost_matrix<float, log_domain_forward<float>>);
   SK_CHECK(dispatched.W == log_domain.W && dispatched.u == log_domain.u && dispatched.v == log_domain.v);
+}
+
+SK_TEST(strategies, dispatch_decides_by_a_bound_on_the_costs_then_by_their_max) {
+  using namespace sinkhorn::cpu;
+  // x at (0, 0) and (10, 10), y at (10, 0) and (0, 10): the bounding boxes allow max C = 200,
+  // the costs reach 100. eps = 0.5 puts 200 / eps past double's bound of 300 and 100 / eps
+  // within: the max itself must pick the scaling strategy.
+  auto p = make_problem<double>(1, 2, 2, 2, 5, 0.5, Cost::kSqEuclidean, 23);
+  p.x = {0, 0, 10, 10};
+  p.y = {10, 0, 0, 10};
+  SK_CHECK(sinkhorn::scaling_form_is_safe(100.0 / 0.5) && !sinkhorn::scaling_form_is_safe(200.0 / 0.5));
+  const ForwardResult<double> dispatched = sktest::run_forward(p, sinkhorn_forward<double>);
+  const ForwardResult<double> scaling = sktest::run_forward(p, with_costs<double, scaling_forward<double>, true>);
+  SK_CHECK(dispatched.W == scaling.W && dispatched.u == scaling.u && dispatched.v == scaling.v);
+  // A NaN coordinate leaves no bound: the max, NaN, picks the log domain, which propagates it.
+  p.x[1] = std::numeric_limits<double>::quiet_NaN();
+  const ForwardResult<double> with_nan = sktest::run_forward(p, sinkhorn_forward<double>);
+  SK_CHECK(std::isnan(with_nan.W[0]));
 }
 
 SK_TEST(online, double_matches_log_domain) {
