@@ -92,7 +92,9 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
   std::optional<Cloud<T>> other;  // y, unless it is x (a self-term)
   const Cloud<T>& y = p.x_is_y ? x : other.emplace(p.y, p.batch, p.n, p.d, builds_costs);
   const int64_t size = p.batch * p.m * p.n;
-  const bool safe_by_bound = scaling_form_is_safe(max_cost_bound(x, y, p.cost) / p.eps);
+  // The bound reads the clouds, (m + n) d numbers, the max C m n: the cheaper goes first.
+  const bool safe_by_bound = (p.m + p.n) * p.d < p.m * p.n &&
+                             scaling_form_is_safe(max_cost_bound(x, y, p.cost) / p.eps);
   if (!x.by_products() && size > kStoredCostsMax &&
       (safe_by_bound || scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps)))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));

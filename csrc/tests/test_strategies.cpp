@@ -212,12 +212,17 @@ SK_TEST(strategies, dispatch_uses_the_log_domain_past_the_bound) {
 
 SK_TEST(strategies, dispatch_decides_by_a_bound_on_the_costs_then_by_their_max) {
   using namespace sinkhorn::cpu;
-  // x at (0, 0) and (10, 10), y at (10, 0) and (0, 10): the bounding boxes allow max C = 200,
-  // the costs reach 100. eps = 0.5 puts 200 / eps past double's bound of 300 and 100 / eps
-  // within: the max itself must pick the scaling strategy.
-  auto p = make_problem<double>(1, 2, 2, 2, 5, 0.5, Cost::kSqEuclidean, 23);
-  p.x = {0, 0, 10, 10};
-  p.y = {10, 0, 0, 10};
+  // x at (0, 0) and (10, 10), y at (10, 0) and (0, 10), four times each (enough points that
+  // the bound, from (m + n) d numbers, is cheaper than the max over m n costs, and goes
+  // first): the bounding boxes allow max C = 200, the costs reach 100. eps = 0.5 puts
+  // 200 / eps past double's bound of 300 and 100 / eps within: the max must pick the scaling
+  // strategy after the bound did not.
+  auto p = make_problem<double>(1, 8, 8, 2, 5, 0.5, Cost::kSqEuclidean, 23);
+  const double x_points[] = {0, 0, 10, 10}, y_points[] = {10, 0, 0, 10};
+  for (int k = 0; k < 4; ++k) {
+    std::copy(x_points, x_points + 4, p.x.begin() + 4 * k);
+    std::copy(y_points, y_points + 4, p.y.begin() + 4 * k);
+  }
   SK_CHECK(sinkhorn::scaling_form_is_safe(100.0 / 0.5) && !sinkhorn::scaling_form_is_safe(200.0 / 0.5));
   const ForwardResult<double> dispatched = sktest::run_forward(p, sinkhorn_forward<double>);
   const ForwardResult<double> scaling = sktest::run_forward(p, with_costs<double, scaling_forward<double>, true>);
