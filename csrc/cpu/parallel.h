@@ -2,8 +2,8 @@
 // element is computed by one thread in a fixed order, so results are bitwise repeatable for a
 // thread count (DESIGN.md section 4). Row ranges start at block multiples, so that the row
 // kernels treat each row alike whatever the count; where results still depend on the count
-// (the tile shapes of the BLAS products, the online backward's per-thread column sums), they
-// agree across counts to rounding.
+// (the tile shapes of the BLAS products, the column sums per part of the rows of the scaling
+// strategy and of the online backward), they agree across counts to rounding.
 #pragma once
 
 #include <ATen/Parallel.h>

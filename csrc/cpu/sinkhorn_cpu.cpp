@@ -53,8 +53,10 @@ T max_cost_bound(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
   T bound = T(0);
   for (int64_t b = 0; b < x.batch; ++b) {
     T probe = T(0);  // 0 * coordinate: NaN if any coordinate is infinite or NaN
-    for (const Cloud<T>* cloud : {&x, &y}) {
-      T* lower = box.data() + (cloud == &x ? 0 : 2 * d);
+    const Cloud<T>* clouds[] = {&x, &y};  // the same one for a self-term
+    for (int side = 0; side < 2; ++side) {
+      const Cloud<T>* cloud = clouds[side];
+      T* lower = box.data() + 2 * d * side;
       T* upper = lower + d;
       std::fill(lower, upper, std::numeric_limits<T>::infinity());
       std::fill(upper, upper + d, -std::numeric_limits<T>::infinity());

@@ -227,6 +227,21 @@ SK_TEST(strategies, dispatch_decides_by_a_bound_on_the_costs_then_by_their_max) 
   const ForwardResult<double> dispatched = sktest::run_forward(p, sinkhorn_forward<double>);
   const ForwardResult<double> scaling = sktest::run_forward(p, with_costs<double, scaling_forward<double>, true>);
   SK_CHECK(dispatched.W == scaling.W && dispatched.u == scaling.u && dispatched.v == scaling.v);
+  // A self-term (x_is_y, y the same cloud) of points at -1 and 1: the box allows max C = 4,
+  // which at eps = 0.1 is past float's bound; the dispatch must take the log domain.
+  auto self = make_problem<double>(1, 8, 8, 1, 5, 0.1, Cost::kSqEuclidean, 29);
+  for (int64_t i = 0; i < 8; ++i) self.x[i] = i % 2 == 0 ? -1.0 : 1.0;
+  self.y = self.x, self.b = self.a;
+  const Problem<float> self_f = self.cast<float>();
+  auto as_self = [](const SinkhornParams<float>& q) {
+    SinkhornParams<float> s = q;
+    s.x_is_y = true;
+    sinkhorn_forward<float>(s);
+  };
+  const ForwardResult<float> self_dispatched = sktest::run_forward(self_f, as_self);
+  const ForwardResult<float> self_log = sktest::run_forward(self_f, with_cost_matrix<float, log_domain_forward<float>>);
+  SK_CHECK(self_dispatched.W == self_log.W && self_dispatched.u == self_log.u &&
+           self_dispatched.v == self_log.v);
   // A NaN coordinate leaves no bound: the max, NaN, picks the log domain, which propagates it.
   p.x[1] = std::numeric_limits<double>::quiet_NaN();
   const ForwardResult<double> with_nan = sktest::run_forward(p, sinkhorn_forward<double>);
