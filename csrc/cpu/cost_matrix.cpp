@@ -51,6 +51,25 @@ void for_each_equal_area_rows(int64_t n, const Fn& fn) {
   });
 }
 
+// fn(r0, r1) for strips [r0, r1) of the rows of an n x n matrix whose parts on or above the
+// diagonal are computed (the symmetric self-terms): strips of about kStripRows rows or more,
+// an even number, strip k paired with strip count - 1 - k. Each pair covers the same area
+// (the strips shrink down the rows), so the threads take whole pairs, in parallel.
+constexpr int64_t kStripRows = 64;
+
+template <typename Fn>
+void for_each_strip_pair(int64_t n, const Fn& fn) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t pairs = threads * std::max<int64_t>(1, n / (2 * threads * kStripRows));
+  const int64_t strips = 2 * pairs;
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k)
+      for (const int64_t strip : {k, strips - 1 - k})
+        if (n * strip / strips < n * (strip + 1) / strips)
+          fn(n * strip / strips, n * (strip + 1) / strips);
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -103,16 +122,12 @@ void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost c
   const int64_t rows = a.count, cols = b.count;
   if (b_is_a && a.by_products()) {
     // C = C^T: strips of rows from the diagonal on, one BLAS product each, then mirrored;
-    // about half the flops of the full product. Each thread takes a range of rows of equal
-    // area (the strips shrink down the rows).
-    constexpr int64_t kStrip = 32;
+    // about half the flops of the full product.
     for (int64_t bi = 0; bi < a.batch; ++bi) {
       T* Mb = M + bi * rows * rows;
-      for_each_equal_area_rows(rows, [&](int64_t start, int64_t stop) {
-        for (int64_t r0 = start; r0 < stop; r0 += kStrip)
-          cost_tile(a, a, bi, r0, std::min(stop, r0 + kStrip), r0, rows, cost,
-                    Mb + r0 * rows + r0, rows);
-        for_each_pair_on_or_above_diagonal(rows, start, stop, [&](int64_t r, int64_t c) {
+      for_each_strip_pair(rows, [&](int64_t r0, int64_t r1) {
+        cost_tile(a, a, bi, r0, r1, r0, rows, cost, Mb + r0 * rows + r0, rows);
+        for_each_pair_on_or_above_diagonal(rows, r0, r1, [&](int64_t r, int64_t c) {
           Mb[c * rows + r] = Mb[r * rows + c];
         });
       });

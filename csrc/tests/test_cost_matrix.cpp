@@ -11,6 +11,7 @@
 #include "core/cost.h"
 #include "cpu/cost_matrix.h"
 #include "tests/harness.h"
+#include "tests/threads.h"
 
 namespace {
 
@@ -49,16 +50,18 @@ void check_cost_matrix(int64_t d, Cost cost, double rtol) {
   SK_CHECK(M[(0 * rows + 5) * cols + 3] == T(0)) << where << ": coincident points";
 }
 
-// A self-term's C (b is a), built as a symmetric matrix: rows across several of its 64-row
-// blocks and 32-point mirrored tiles, and a zero diagonal.
+// A self-term's C (b is a), built as a symmetric matrix from strips of rows, mirrored by
+// 32-point tiles, with a zero diagonal.
 template <typename T>
-void check_self_cost_matrix(int64_t d, Cost cost, double rtol) {
-  const int64_t B = 2, rows = 150;
+void check_self_cost_matrix(int64_t d, Cost cost, double rtol, int64_t rows = 150) {
+  const int64_t B = 2;
   const std::vector<T> a = cloud<T>(B * rows, d, 7);
   const sinkhorn::cpu::Cloud<T> ca(a.data(), B, rows, d);
   std::vector<T> M(static_cast<std::size_t>(B * rows * rows));
   sinkhorn::cpu::build_cost_matrix(ca, ca, true, cost, M.data());
-  const std::string where = "self-term d=" + std::to_string(d) + (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
+  const std::string where = "self-term d=" + std::to_string(d) + " rows=" + std::to_string(rows) +
+                            " threads=" + std::to_string(at::get_num_threads()) +
+                            (cost == Cost::kEuclidean ? " euclidean" : " sqeuclidean");
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < rows; ++c) {
@@ -132,6 +135,19 @@ SK_TEST(cost_matrix, product_path_and_symmetric_self_term_match_pair_cost) {
       check_cost_matrix<float>(d, cost, 1e-4);
       check_self_cost_matrix<double>(d, cost, 1e-12);
       check_self_cost_matrix<float>(d, cost, 1e-4);
+    }
+  }
+}
+
+// The strips of the self-term go to the threads in pairs: fewer rows than strips, and several
+// pairs per thread.
+SK_TEST(cost_matrix, symmetric_self_term_is_whole_at_any_thread_count) {
+  sktest::ThreadCountGuard guard;
+  for (int threads : {1, 2, 3}) {
+    at::set_num_threads(threads);
+    for (int64_t rows : {1, 3, 5, 600}) {
+      check_self_cost_matrix<double>(sinkhorn::cpu::kGemmMinDim, Cost::kSqEuclidean, 1e-12, rows);
+      check_self_cost_matrix<float>(sinkhorn::cpu::kGemmMinDim, Cost::kEuclidean, 1e-4, rows);
     }
   }
 }

@@ -16,6 +16,7 @@
 #include "cpu/sinkhorn_cpu.h"
 #include "tests/harness.h"
 #include "tests/problems.h"
+#include "tests/threads.h"
 
 namespace {
 
@@ -258,12 +259,6 @@ bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }
 
-// Restores the thread count when a test ends.
-struct ThreadCountGuard {
-  int saved = at::get_num_threads();
-  ~ThreadCountGuard() { at::set_num_threads(saved); }
-};
-
 }  // namespace
 
 // --- forward ---------------------------------------------------------------------------------
@@ -387,7 +382,7 @@ SK_TEST(determinism, double_repeated_calls_bitwise_equal) { check_repeatable<dou
 // m = n = 200 rows per batch entry is several at::parallel_for chunks (grain 32768 / 200).
 template <typename T>
 void check_thread_count_independence(double rtol) {
-  ThreadCountGuard guard;
+  sktest::ThreadCountGuard guard;
   for (Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
     const Problem<T> p = make_problem<T>(2, 200, 180, 3, 5, 0.05, cost, 11);
     const std::vector<T> grad_cost = {T(1), T(0.5)};

@@ -19,6 +19,7 @@
 #include "cpu/strategies.h"
 #include "tests/harness.h"
 #include "tests/problems.h"
+#include "tests/threads.h"
 
 namespace {
 
@@ -131,12 +132,6 @@ Problem<T> with_zero_weights(Problem<T> p) {
   return p;
 }
 
-// Restores the thread count when a test ends.
-struct ThreadCountGuard {
-  int saved = at::get_num_threads();
-  ~ThreadCountGuard() { at::set_num_threads(saved); }
-};
-
 }  // namespace
 
 SK_TEST(strategies, double_scaling_matches_log_domain) {
@@ -166,7 +161,7 @@ SK_TEST(strategies, scaling_matches_log_domain_where_a_whole_tile_has_zero_weigh
 }
 
 SK_TEST(strategies, scaling_is_independent_of_thread_count) {
-  ThreadCountGuard guard;
+  sktest::ThreadCountGuard guard;
   auto run = [](const Problem<double>& p, int threads) {
     at::set_num_threads(threads);
     const ForwardResult<double> fw = sktest::run_forward(p, sinkhorn::cpu::sinkhorn_forward<double>);
@@ -264,7 +259,7 @@ SK_TEST(online, float_matches_log_domain) {
 SK_TEST(online, thread_counts_agree_to_rounding) {
   // The column sums of the backward are per thread: bitwise per thread count, and equal
   // across counts to rounding.
-  ThreadCountGuard guard;
+  sktest::ThreadCountGuard guard;
   const Problem<double> p = make_problem<double>(2, 301, 517, 3, 4, 0.1, Cost::kEuclidean, 9);
   auto run = [&](int threads) {
     at::set_num_threads(threads);
