@@ -193,43 +193,34 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
   return p;
 }
 
-// Runs fn(k) for the k < count independent problems: at once on the host threads where the
-// kernels allow it and each problem is small enough to run on one thread anyway (the CPU
-// kernels' chunks are about 2^18 multiply-adds per half-step), one after another otherwise.
+// Runs fn(k) for the k < count independent problems. Where the kernels allow it and the
+// problems are small (2^18 costs or fewer each, where a problem's passes gain less from more
+// threads than problems side by side do), as many at once as there are host threads, largest
+// first; those left over from the last full round one after another, each on all threads.
 // (Where BLAS products would dominate, at large d, the kept costs are built before, on all
-// threads.) At once, the problems are dealt to the threads largest first, each to the least
-// loaded, a self-term counting half: the loss's three problems on two threads run as
-// W(x, y) beside W(x, x) then W(y, y).
+// threads.) The loss's three problems on two threads run as W(x, y) beside W(x, x), then
+// W(y, y) on both.
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(problems.size());
-  std::vector<int64_t> work(count);
-  int64_t largest = 0;
-  for (int64_t k = 0; k < count; ++k) {
-    const int64_t size = problems[k].batch() * problems[k].m() * problems[k].n();
-    largest = std::max(largest, size);
-    work[k] = problems[k].x_is_y ? size / 2 : size;
-  }
-  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
-  if (!kernels.concurrent_problems || workers < 2 || largest > (int64_t{1} << 18)) {
-    for (int64_t k = 0; k < count; ++k) fn(k);
-    return;
-  }
+  std::vector<int64_t> size(count);
+  for (int64_t k = 0; k < count; ++k)
+    size[k] = problems[k].batch() * problems[k].m() * problems[k].n();
   std::vector<int64_t> order(count);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
-                   [&](int64_t a, int64_t b) { return work[a] > work[b]; });
-  std::vector<std::vector<int64_t>> dealt(workers);
-  std::vector<int64_t> load(workers, 0);
-  for (int64_t k : order) {
-    const auto least = std::min_element(load.begin(), load.end()) - load.begin();
-    dealt[least].push_back(k);
-    load[least] += work[k];
+                   [&](int64_t a, int64_t b) { return size[a] > size[b]; });
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  const bool at_once = kernels.concurrent_problems && workers >= 2 &&
+                       size[order[0]] <= (int64_t{1} << 18);
+  const int64_t concurrent = at_once ? count / workers * workers : 0;
+  if (concurrent > 0) {
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w)  // one problem of each round
+        for (int64_t k = w; k < concurrent; k += workers) fn(order[k]);
+    });
   }
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t w = begin; w < end; ++w)
-      for (int64_t k : dealt[w]) fn(k);
-  });
+  for (int64_t k = concurrent; k < count; ++k) fn(order[k]);
 }
 
 // Whether the kernels keep the costs of all these problems (Kernels::keeps_costs).

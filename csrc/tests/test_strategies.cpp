@@ -168,7 +168,7 @@ SK_TEST(strategies, scaling_is_independent_of_thread_count) {
     return std::make_pair(fw, sktest::run_backward(p, fw, {1.0, 0.5}, sinkhorn::cpu::sinkhorn_backward<double>));
   };
   // Small enough that each problem of the batch runs on one thread: bitwise.
-  const Problem<double> small = make_problem<double>(2, 301, 517, 3, 4, 0.5, Cost::kSqEuclidean, 8);
+  const Problem<double> small = make_problem<double>(2, 131, 200, 3, 4, 0.5, Cost::kSqEuclidean, 8);
   const auto [f1, g1] = run(small, 1);
   for (int threads : {2, 3}) {
     const auto [fk, gk] = run(small, threads);
