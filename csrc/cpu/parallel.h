@@ -51,7 +51,7 @@ void for_each_column_block(int64_t batch, int64_t cols, int64_t column_work, con
 
 // Runs fn(b, r0, r1) over ranges [r0, r1) of the rows of every batch b, in parallel. Ranges
 // start at multiples of kRowBlock, so each row takes the same code path (cpu/rows.h matvec
-// works four rows at a time) whatever the thread count.
+// works four or eight rows at a time) whatever the thread count.
 constexpr int64_t kRowBlock = 8;
 
 template <typename Fn>

@@ -2,15 +2,6 @@
 
 #include <cmath>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// GCC 12 reports its own AVX-512 intrinsics as reading an uninitialised value (GCC bug
-// 105593): the warning is silenced for the header alone.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
-
 #include "core/exp.h"
 #include "core/softmin.h"
 
@@ -18,6 +9,12 @@
 #define SK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define SK_AVX512 __attribute__((target("avx512f")))
 #define SK_HAVE_AVX512_KERNELS 1
+// GCC 12 reports its own AVX-512 intrinsics as reading an uninitialised value (GCC bug
+// 105593): the warning is silenced for the header alone.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
 #else
 #define SK_CPU_CLONES
 #endif

@@ -1,6 +1,7 @@
 // The row kernels of the CPU strategies, compiled for several x86 instruction sets
 // (target_clones): the loader picks the widest the machine has, so one build runs everywhere
-// and still uses AVX-512 or AVX2 + FMA where they exist.
+// and still uses AVX-512 or AVX2 + FMA where they exist. matvec, the scaling strategy's
+// product with K, is also written by hand for AVX-512, chosen at run time.
 #pragma once
 
 #include "core/cost.h"
@@ -58,7 +59,7 @@ void exp_affine(const double* v, double shift, double scale, int n, double* out)
 // out_c = scaled_softmin(sums_c, shift, eps) = -shift - eps log(sums_c) (core/softmin.h)
 void scaled_softmins(const float* sums, float shift, float eps, int n, float* out);
 void scaled_softmins(const double* sums, double shift, double eps, int n, double* out);
-// out_r = sum_c M_rc v_c for the rows r < rows of M (rows, n), four rows at a time
+// out_r = sum_c M_rc v_c for the rows r < rows of M (rows, n), several rows per load of v
 void matvec(const float* M, int rows, int n, const float* v, float* out);
 void matvec(const double* M, int rows, int n, const double* v, double* out);
 // out_r = sum_c A_rc B_rc v_c for the rows r < rows of A and B (rows, n), four at a time

@@ -102,7 +102,8 @@ void check_online_matches_log_domain(const Problem<T>& p, double rtol) {
   check_matches_log_domain(p, rtol, online<T, sinkhorn_forward<T>>, online<T, sinkhorn_backward<T>>);
 }
 
-// Sizes around the four-row blocks of matvec and the 128-column blocks; eps up to the bound.
+// Sizes around the blocks of rows of matvec (four, eight) and the 128-column blocks; eps up
+// to the bound.
 template <typename T>
 std::vector<Problem<T>> strategy_problems() {
   std::vector<Problem<T>> ps;
