@@ -169,7 +169,8 @@ struct Avx512<double> {
     const Vec high = _mm512_add_pd(_mm512_shuffle_f64x2(quarters[2], quarters[3], 0x88),
                                    _mm512_shuffle_f64x2(quarters[2], quarters[3], 0xDD));
     // Lane k: rows k and k + 4.
-    const Vec pairs = _mm512_add_pd(_mm512_unpacklo_pd(low, high), _mm512_unpackhi_pd(low, high));
+    const Vec pairs =
+        _mm512_add_pd(_mm512_unpacklo_pd(low, high), _mm512_unpackhi_pd(low, high));
     const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
     _mm512_storeu_pd(out, _mm512_permutexvar_pd(order, pairs));
   }
@@ -187,7 +188,8 @@ SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
   int c = 0;
   for (; c + W <= n; c += W) {
     const auto vc = V::load(v + c);
-    for (int q = 0; q < Rows; ++q) acc[q] = V::fma(V::load(M + static_cast<long>(q) * n + c), vc, acc[q]);
+    for (int q = 0; q < Rows; ++q)
+      acc[q] = V::fma(V::load(M + static_cast<long>(q) * n + c), vc, acc[q]);
   }
   if (tail != 0) {
     const auto vc = V::load(tail, v + c);
@@ -203,7 +205,8 @@ SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
 template <typename T>
 SK_AVX512 void matvec_avx512(const T* M, int rows, int n, const T* v, T* out) {
   int r = 0;
-  for (; r + 8 <= rows; r += 8) matvec_rows_avx512<T, 8>(M + static_cast<long>(r) * n, n, v, out + r);
+  for (; r + 8 <= rows; r += 8)
+    matvec_rows_avx512<T, 8>(M + static_cast<long>(r) * n, n, v, out + r);
   for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + static_cast<long>(r) * n, n, v, out + r);
 }
 
