@@ -44,6 +44,15 @@ int64_t fused_tile_rows(int64_t cols) {
   return std::clamp<int64_t>(fit * kRowBlock, kRowBlock, kTileRows);
 }
 
+// Rows per BLAS product of the backward's rank-2L part: as many as keep the block within
+// 256 KB, at least kTileRows; each call has a fixed cost, which small blocks pay many times.
+template <typename T>
+int64_t rank_product_rows(int64_t rows, int64_t cols) {
+  constexpr int64_t kBlockBytes = 256 * 1024;
+  const int64_t fit = kBlockBytes / (cols * static_cast<int64_t>(sizeof(T)));
+  return std::clamp<int64_t>(fit, kTileRows, std::max<int64_t>(rows, kTileRows));
+}
+
 // One pass over K (B, rows, cols) for both half-steps of an iteration, or of a reverse level:
 // for each tile of rows, out[b, r] = sum_c K[b, r, c] v[b, c]; then weights = row_step(b,
 // slot, t0, t1) for the tile's rows [t0, t1), which the tile adds to the column sums of its
@@ -317,22 +326,31 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
     }
   }
 
-  // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F of each tile from BLAS.
-  for_each_tile(B, m, (R + 8) * n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
-    thread_local std::vector<T> rank_tile;
-    rank_tile.resize(static_cast<std::size_t>(kTileRows * n));
-    matmul(A + (b * m + i0) * R, F + b * R * n, i1 - i0, R, n, rank_tile.data());
-    const T* column = terminal_column + b * n;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t bi = b * m + i;
-      const T* C_row = C_tile + (i - i0) * stride;
-      const T* rank_row = rank_tile.data() + (i - i0) * n;
-      const T t_row = terminal_row[bi];
-      T* H_row = K + bi * n;
-      for (int64_t j = 0; j < n; ++j) {
-        const T dW_dC = H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
-        H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+  // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F from BLAS for blocks
+  // of rows (rank_product_rows: one product per block, not per tile, where rows are many).
+  const int64_t block_rows = rank_product_rows<T>(m, n);
+  for_each_row_range(B, m, (R + 8) * n, [&](int64_t b, int64_t r0, int64_t r1) {
+    thread_local std::vector<T> rank_block;
+    for (int64_t g0 = r0; g0 < r1; g0 += block_rows) {
+      const int64_t g1 = std::min(r1, g0 + block_rows);
+      rank_block.resize(static_cast<std::size_t>((g1 - g0) * n));
+      matmul(A + (b * m + g0) * R, F + b * R * n, g1 - g0, R, n, rank_block.data());
+      for (int64_t i0 = g0; i0 < g1; i0 += kTileRows) {
+        const int64_t i1 = std::min(g1, i0 + kTileRows);
+        const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
+        const T* column = terminal_column + b * n;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t bi = b * m + i;
+          const T* C_row = C_tile + (i - i0) * stride;
+          const T* rank_row = rank_block.data() + (i - g0) * n;
+          const T t_row = terminal_row[bi];
+          T* H_row = K + bi * n;
+          for (int64_t j = 0; j < n; ++j) {
+            const T dW_dC =
+                H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
+            H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
+          }
+        }
       }
     }
   });
