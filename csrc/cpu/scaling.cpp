@@ -47,10 +47,9 @@ int64_t fused_tile_rows(int64_t cols) {
 // Rows per BLAS product of the backward's rank-2L part: as many as keep the block within
 // 256 KB, at least kTileRows; each call has a fixed cost, which small blocks pay many times.
 template <typename T>
-int64_t rank_product_rows(int64_t rows, int64_t cols) {
+int64_t rank_product_rows(int64_t cols) {
   constexpr int64_t kBlockBytes = 256 * 1024;
-  const int64_t fit = kBlockBytes / (cols * static_cast<int64_t>(sizeof(T)));
-  return std::clamp<int64_t>(fit, kTileRows, std::max<int64_t>(rows, kTileRows));
+  return std::max<int64_t>(kTileRows, kBlockBytes / (cols * static_cast<int64_t>(sizeof(T))));
 }
 
 // One pass over K (B, rows, cols) for both half-steps of an iteration, or of a reverse level:
@@ -328,9 +327,10 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
 
   // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F from BLAS for blocks
   // of rows (rank_product_rows: one product per block, not per tile, where rows are many).
-  const int64_t block_rows = rank_product_rows<T>(m, n);
+  const int64_t block_rows = rank_product_rows<T>(n);
   for_each_row_range(B, m, (R + 8) * n, [&](int64_t b, int64_t r0, int64_t r1) {
     thread_local std::vector<T> rank_block;
+    const T* t_column = terminal_column + b * n;
     for (int64_t g0 = r0; g0 < r1; g0 += block_rows) {
       const int64_t g1 = std::min(r1, g0 + block_rows);
       rank_block.resize(static_cast<std::size_t>((g1 - g0) * n));
@@ -338,7 +338,6 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
       for (int64_t i0 = g0; i0 < g1; i0 += kTileRows) {
         const int64_t i1 = std::min(g1, i0 + kTileRows);
         const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
-        const T* column = terminal_column + b * n;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t bi = b * m + i;
           const T* C_row = C_tile + (i - i0) * stride;
@@ -347,7 +346,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
           T* H_row = K + bi * n;
           for (int64_t j = 0; j < n; ++j) {
             const T dW_dC =
-                H_row[j] * (rank_row[j] + t_row * column[j] * (T(1) - C_row[j] * inv_eps));
+                H_row[j] * (rank_row[j] + t_row * t_column[j] * (T(1) - C_row[j] * inv_eps));
             H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
           }
         }
