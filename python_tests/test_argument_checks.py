@@ -120,40 +120,14 @@ def test_unknown_backend_and_reduction():
 
 def test_direct_op_call_checks_its_contract():
     ops = torch.ops.sinkhorn_ext
-    x, y = X.unsqueeze(0), Y.unsqueeze(0)
+    y = Y.unsqueeze(0)
     a, b = torch.full((1, 5), 0.2), torch.full((1, 4), 0.25)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, m, d\), got \[5, 2\]"):
-        ops.sinkhorn_cost(X, y, a, b, 0.1, 5, "sqeuclidean")
-    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.1, 5, "sqeuclidean")
-    with pytest.raises(ValueError, match=r"v_history must have shape \(B, L, n\) = \(1, 5, 4\)"):
-        ops.sinkhorn_cost_backward(torch.ones(1), x, y, a, b, u, v[:, :4], kept_costs, 0.1,
-                                   "sqeuclidean")
-    with pytest.raises(ValueError, match=r"kept_costs must be empty for these inputs"):
-        ops.sinkhorn_cost_backward(torch.ones(1), x, y, a, b, u, v, torch.zeros(20), 0.1,
-                                   "sqeuclidean")
-    _, *histories = ops.sinkhorn_loss(x, y, a, b, 0.1, 5, "sqeuclidean")
-    histories[3] = histories[3][:, :, :4]  # v_xx
-    with pytest.raises(ValueError, match=r"v_xx must have shape \(B, L, n\) = \(1, 5, 5\)"):
-        ops.sinkhorn_loss_backward(torch.ones(1), x, y, a, b, *histories, [True] * 4, 0.1,
-                                   "sqeuclidean")
-    with pytest.raises(ValueError, match=r"grad_loss must have shape \(B,\) = \(1,\)"):
-        ops.sinkhorn_loss_backward(torch.ones(2), x, y, a, b, *histories, [True] * 4, 0.1,
-                                   "sqeuclidean")
-
-
-def test_kept_costs_that_are_not_the_forwards_are_rejected():
-    ops = torch.ops.sinkhorn_ext
-    x, y = torch.rand(1, 5, 16), torch.rand(1, 4, 16)
-    a, b = torch.full((1, 5), 0.2), torch.full((1, 4), 0.25)
-    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.1, 5, "sqeuclidean")
-    assert kept_costs.shape == (20,)
-    backward = lambda kept: ops.sinkhorn_cost_backward(torch.ones(1), x, y, a, b, u, v, kept,
-                                                       0.1, "sqeuclidean")
-    with pytest.raises(ValueError, match=r"kept_costs must be the forward's, of shape \(20,\), "
-                                         r"got \[19\]"):
-        backward(kept_costs[:19])
-    with pytest.raises(TypeError, match=r"kept_costs must have the dtype of x \(Float\)"):
-        backward(kept_costs.double())
+    for op in (ops.sinkhorn_cost, ops.sinkhorn_loss):
+        with pytest.raises(ValueError, match=r"x must have shape \(B, m, d\), got \[5, 2\]"):
+            op(X, y, a, b, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
+        with pytest.raises(ValueError, match=r"x_weights must have shape \(B, m\) = \(1, 5\), "
+                                             r"got \[5\]"):
+            op(X.unsqueeze(0), y, a[0], b, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
 
 
 def test_import_without_the_extension_says_how_to_build_it():

@@ -254,26 +254,15 @@ def test_opcheck_forward_op_on_cuda_non_contiguous():
     torch.library.opcheck(ops.sinkhorn_cost.default, (*args, 0.5, 4, "euclidean"))
 
 
+@pytest.mark.parametrize("op", [ops.sinkhorn_cost, ops.sinkhorn_loss], ids=lambda op: op.__name__)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_opcheck_backward_op_on_cuda(contiguous):
+def test_opcheck_with_gradients_asked_for_on_cuda(op, contiguous):
     x, y, a, b = _cuda(random_problem(6, 5, 2, batch=2))
     if not contiguous:
         x, a = _non_contiguous(x), _non_contiguous(a)
         assert not (x.is_contiguous() or a.is_contiguous())
-    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
-    assert kept_costs.numel() == 0  # the CUDA kernels keep no costs
-    grad_cost = torch.ones(2, dtype=x.dtype, device=x.device)
-    torch.library.opcheck(ops.sinkhorn_cost_backward.default,
-                          (grad_cost, x, y, a, b, u, v, kept_costs, 0.5, "sqeuclidean"))
-
-
-def test_backward_op_rejects_a_history_on_another_device():
-    x, y, a, b = _cuda(random_problem(6, 5, 2, batch=1))
-    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
-    grad_cost = torch.ones(1, dtype=x.dtype, device=x.device)
-    with pytest.raises(ValueError, match=r"u_history and v_history must be on the device of x"):
-        ops.sinkhorn_cost_backward(grad_cost, x, y, a, b, u.cpu(), v, kept_costs, 0.5,
-                                   "sqeuclidean")
+    torch.library.opcheck(op.default,
+                          (x, y, a, b, 0.5, 4, "sqeuclidean", "tensorized", [True] * 4))
 
 
 def test_compiled_cuda_loss_and_gradients_match_eager():

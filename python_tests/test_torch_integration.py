@@ -6,23 +6,16 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import sinkhorn_ext as sk
-from sinkhorn_ext._ops import KEPT_COSTS_MAX, KEPT_COSTS_MIN_DIM
 from testing import random_problem
 
 ops = torch.ops.sinkhorn_ext
+OPS = [ops.sinkhorn_cost, ops.sinkhorn_loss]
 
-
-# d = 2: the costs are built again in the backward; d = 16: the CPU forward keeps them for it.
-DIMS = [2, KEPT_COSTS_MIN_DIM]
-
-
-@pytest.mark.parametrize("d", DIMS)
-@pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_forward_op(cost, requires_grad, d):
-    x, y, a, b = random_problem(6, 5, d, batch=2)
-    args = [t.requires_grad_(requires_grad) for t in (x, y, a, b)]
-    torch.library.opcheck(ops.sinkhorn_cost.default, (*args, 0.5, 4, cost))
+# d = 2: the costs are built by row kernels; d = 16: by BLAS, and the CPU keeps them for the
+# backward.
+DIMS = [2, 16]
+# What a caller, or autograd, asks of the inputs (x, y, x_weights, y_weights).
+MASKS = [[False] * 4, [True] * 4, [True, False, True, False], [False, True, False, False]]
 
 
 def _non_contiguous(t):
@@ -30,71 +23,55 @@ def _non_contiguous(t):
         torch.stack([t, t], -1)[..., 0]
 
 
-@pytest.mark.parametrize("d", DIMS)
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_opcheck_backward_op(contiguous, d):
-    x, y, a, b = random_problem(6, 5, d, batch=2)
-    if not contiguous:
-        x, a = _non_contiguous(x), _non_contiguous(a)
-        assert not (x.is_contiguous() or a.is_contiguous())
-    _, u, v, kept_costs = ops.sinkhorn_cost(x, y, a, b, 0.5, 4, "sqeuclidean")
-    torch.library.opcheck(ops.sinkhorn_cost_backward.default,
-                          (torch.ones(2, dtype=x.dtype), x, y, a, b, u, v, kept_costs, 0.5,
-                           "sqeuclidean"))
-
-
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("cost", ["sqeuclidean", "euclidean"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck_loss_op(cost, requires_grad, d):
+def test_opcheck(op, cost, requires_grad, d):
     x, y, a, b = random_problem(6, 5, d, batch=2)
     args = [t.requires_grad_(requires_grad) for t in (x, y, a, b)]
-    torch.library.opcheck(ops.sinkhorn_loss.default, (*args, 0.5, 4, cost))
+    torch.library.opcheck(op.default, (*args, 0.5, 4, cost))
 
 
-@pytest.mark.parametrize("mask", [[True] * 4, [True, False, True, False],
-                                  [False, True, False, False]])
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("mask", MASKS[1:])
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_opcheck_loss_backward_op(contiguous, mask, d):
+def test_opcheck_with_gradients_asked_for(op, mask, d, contiguous):
     x, y, a, b = random_problem(6, 5, d, batch=2)
     if not contiguous:
         x, b = _non_contiguous(x), _non_contiguous(b)
-    _, *saved = ops.sinkhorn_loss(x, y, a, b, 0.5, 4, "sqeuclidean")  # histories, kept costs
-    torch.library.opcheck(ops.sinkhorn_loss_backward.default,
-                          (torch.ones(2, dtype=x.dtype), x, y, a, b, *saved, mask, 0.5,
-                           "sqeuclidean"))
+        assert not (x.is_contiguous() or b.is_contiguous())
+    torch.library.opcheck(op.default, (x, y, a, b, 0.5, 4, "sqeuclidean", "tensorized", mask))
 
 
-@pytest.mark.parametrize("shape", [(1, 7, 5, KEPT_COSTS_MIN_DIM - 1), (1, 7, 5, KEPT_COSTS_MIN_DIM),
-                                   (1, 1024, 1024, 16), (1, 1024, 1025, 16), (2, 724, 724, 16)])
-def test_fake_kernels_predict_which_costs_are_kept(shape):
-    batch, m, n, d = shape
-    x, y, a, b = random_problem(m, n, d, batch=batch)
-    args = (x, y, a, b, 0.5, 1, "sqeuclidean")
-    with torch.no_grad():
-        real = [ops.sinkhorn_cost(*args)[3], ops.sinkhorn_loss(*args)[7]]
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("mask", MASKS)
+def test_op_returns_the_gradients_that_grad_mask_asks_for_equal_to_autograds(op, mask):
+    x, y, a, b = random_problem(7, 5, 3, batch=2)
+    leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
+    value, *grads = op(x, y, a, b, 0.5, 6, "euclidean", "tensorized", mask)
+    expected = torch.autograd.grad(op(*leaves, 0.5, 6, "euclidean")[0].sum(), leaves)
+    for wanted, grad, reference in zip(mask, grads, expected):
+        if wanted:
+            torch.testing.assert_close(grad, reference, rtol=1e-13, atol=1e-15)
+        else:
+            assert grad.shape == (0,)
     with FakeTensorMode() as mode:
-        fake_args = [mode.from_tensor(t) for t in args[:4]] + list(args[4:])
-        fake = [ops.sinkhorn_cost(*fake_args)[3], ops.sinkhorn_loss(*fake_args)[7]]
-    assert [t.shape for t in fake] == [t.shape for t in real]
-    expected = d >= KEPT_COSTS_MIN_DIM and batch * m * n <= KEPT_COSTS_MAX
-    assert real[0].numel() == (batch * m * n if expected else 0)
-    torch.testing.assert_close(real[0], sk.reference.cost_matrix(x, y).flatten()[:real[0].numel()])
+        fake = op(*[mode.from_tensor(t) for t in (x, y, a, b)], 0.5, 6, "euclidean",
+                  "tensorized", mask)
+    assert [t.shape for t in fake] == [value.shape, *(t.shape for t in grads)]
 
 
-@pytest.mark.parametrize("op", ["sinkhorn_cost", "sinkhorn_loss"])
-def test_gradients_from_the_kept_costs_equal_those_from_costs_built_again(op):
-    x, y, a, b = random_problem(9, 7, 20, batch=2)
-    outputs = getattr(ops, op)(x, y, a, b, 0.5, 6, "sqeuclidean")
-    assert outputs[-1].numel() > 0
-    rebuilt = [*outputs[1:-1], x.new_empty(0)]
-    backward = getattr(ops, op + "_backward")
-    mask = [[True] * 4] if op == "sinkhorn_loss" else []
-    args = lambda saved: (torch.ones(2, dtype=x.dtype), x, y, a, b, *saved, *mask, 0.5,
-                          "sqeuclidean")
-    for kept, again in zip(backward(*args(outputs[1:])), backward(*args(rebuilt))):
-        torch.testing.assert_close(kept, again, rtol=1e-13, atol=1e-15)
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+def test_gradients_are_computed_only_where_autograd_will_need_them(op):
+    x, y, a, b = random_problem(7, 5, 3, batch=2)
+    x.requires_grad_()
+    _, *grads = op(x, y, a, b, 0.5, 6, "sqeuclidean")
+    assert [t.numel() > 0 for t in grads] == [True, False, False, False]
+    with torch.no_grad():
+        _, *grads = op(x, y, a, b, 0.5, 6, "sqeuclidean")
+    assert [t.numel() for t in grads] == [0] * 4
 
 
 def test_loss_op_equals_its_three_cost_terms():
@@ -121,11 +98,19 @@ def test_loss_gradient_of_x_alone_equals_that_of_the_full_backward():
                             y_weights=leaves[3])
     grads = torch.autograd.grad(full, leaves)
     torch.testing.assert_close(grad_alone, grads[0], rtol=0, atol=0)
-    _, *histories = ops.sinkhorn_loss(x[None], y[None], a[None], b[None], 0.4, 5, "sqeuclidean")
-    masked = ops.sinkhorn_loss_backward(torch.ones(1, dtype=x.dtype), x[None], y[None], a[None],
-                                        b[None], *histories, [True, False, True, False], 0.4,
-                                        "sqeuclidean")
-    assert not masked[1].any() and not masked[3].any()
+
+
+def test_incoming_gradient_scales_each_problems_gradient():
+    x, y, a, b = random_problem(7, 5, 3, batch=3)
+    for op in OPS:
+        leaves = [t.clone().requires_grad_() for t in (x, y, a, b)]
+        weights = torch.tensor([0.5, -2.0, 3.0], dtype=x.dtype)
+        value = op(*leaves, 0.5, 6, "sqeuclidean")[0]
+        grads = torch.autograd.grad(value, leaves, weights)
+        _, *unit = op(x, y, a, b, 0.5, 6, "sqeuclidean", "tensorized", [True] * 4)
+        for grad, one in zip(grads, unit):
+            torch.testing.assert_close(grad, one * weights.view(-1, *[1] * (one.dim() - 1)),
+                                       rtol=0, atol=0)
 
 
 def test_opcheck_forward_op_non_contiguous():

@@ -64,7 +64,9 @@ def sinkhorn_cost(
     Returns:
         A 0-dim tensor, or shape (B,) for batched input, in the dtype of x. Differentiable
         with respect to x, y and the weights: the gradient is that of the L-step algorithm,
-        computed by replaying the stored potentials.
+        computed by replaying the stored potentials. It is computed in this call, for the
+        inputs that require a gradient while grad mode is on; the backward multiplies it by
+        the incoming gradient. Under torch.no_grad() only the forward runs.
     """
     check_options(eps, iters, cost)
     check_backend(backend)

@@ -36,6 +36,10 @@ struct SinkhornParams {
   // forward (KernelPair::build_costs), read by it and by the backward, which would otherwise
   // build it again. Null where it is not kept.
   T* kept_costs = nullptr;
+  // K = exp(-C / eps) (B, m, n), for a backward that follows the forward in the same call:
+  // the CPU's scaling strategy writes it in the forward and reads it in the backward, which
+  // would otherwise compute it again. Null elsewhere.
+  T* kernel_matrix = nullptr;
 
   // Forward output.
   T* cost_out = nullptr;  // W_L, (B,)

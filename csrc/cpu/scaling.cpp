@@ -146,10 +146,12 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   constexpr T kNone = -std::numeric_limits<T>::infinity();
   const int64_t parts = row_parts(B, m, 2 * n);
-  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n), e_buffer(B * n);
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // unless the backward's is given
+  Buffer<T> f_buffer(B * m), g_buffer(B * n), e_buffer(B * n);
   Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m), weight_buffer(B * m);
   Buffer<T> part_column_buffer(B * parts * n), part_shift_buffer(B * parts);
-  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
+  T* K = p.kernel_matrix ? p.kernel_matrix : K_buffer.get();
+  T *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
   T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
   T *weight = weight_buffer.get(), *part_columns = part_column_buffer.get();
   T* part_shift = part_shift_buffer.get();
@@ -220,13 +222,15 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   const int64_t parts = row_parts(B, m, 2 * n);
-  Buffer<T> K_buffer(B * m * n), f_buffer(B * m), g_buffer(B * n);
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // unless the forward's is given
+  Buffer<T> f_buffer(B * m), g_buffer(B * n);
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * n), shift_buffer(B);
   Buffer<T> f_factor_buffer(B * m), f_shift_buffer(B), part_column_buffer(B * parts * n);
   Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
   Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
   Buffer<T> factor_buffer(B * std::max(m, n));  // exponential factors, by rows or by columns
-  T *K = K_buffer.get(), *f = f_buffer.get(), *g = g_buffer.get(), *factor = factor_buffer.get();
+  T* K = p.kernel_matrix ? p.kernel_matrix : K_buffer.get();
+  T *f = f_buffer.get(), *g = g_buffer.get(), *factor = factor_buffer.get();
   T *phi = phi_buffer.get(), *psi = psi_buffer.get(), *e = e_buffer.get();
   T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
   T *f_factor = f_factor_buffer.get(), *f_shift = f_shift_buffer.get();
@@ -234,7 +238,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   // dW/dC = K * (sum_k A[:, k] F[k, :] + terminal_row terminal_column^T (1 - C / eps)).
   T *A = A_buffer.get(), *F = F_buffer.get();
   T *terminal_row = terminal_row_buffer.get(), *terminal_column = terminal_column_buffer.get();
-  build_kernel_matrix(C, B, m, n, eps, K);
+  if (p.kernel_matrix == nullptr) build_kernel_matrix(C, B, m, n, eps, K);
   auto u_at = [&](int64_t b, int64_t l) { return p.u_history + (b * L + l - 1) * m; };
   auto v_at = [&](int64_t b, int64_t l) { return p.v_history + (b * L + l - 1) * n; };
   auto load_potentials = [&](int64_t l) {  // f^l, g^l

@@ -113,8 +113,8 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
 
 }  // namespace
 
-bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d) {
-  return d >= kGemmMinDim && batch * m * n <= kStoredCostsMax;
+bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward) {
+  return (d >= kGemmMinDim || backward) && batch * m * n <= kStoredCostsMax;
 }
 
 template <typename T>

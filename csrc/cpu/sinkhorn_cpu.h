@@ -11,10 +11,10 @@
 namespace sinkhorn::cpu {
 
 // Whether these kernels keep C (SinkhornParams::kept_costs: built once, read by the forward
-// and the backward): where it is a BLAS product (d >= kGemmMinDim), whose rebuild would cost
-// the backward as much as its own contraction, and small enough (at most 2^20 costs) to
-// hold in between.
-bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d);
+// and the backward): where it is small enough (at most 2^20 costs) to be stored anyway, and
+// either a BLAS product (d >= kGemmMinDim), whose rebuild would cost the backward as much as
+// its own contraction, or read by a backward in the same call.
+bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
 
 // Builds C into kept_costs, before the forward: on all threads, where the forwards of the
 // loss's three problems would build theirs one problem per thread.

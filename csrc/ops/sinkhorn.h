@@ -36,9 +36,13 @@ struct Kernels {
   bool concurrent_problems;
   // Whether the kernels implement backend="online" (SinkhornParams::online).
   bool online_backend;
-  // Whether the tensorized backend keeps C of a (batch, m, n, d) problem for the forward and
-  // the backward (SinkhornParams::kept_costs, KernelPair::build_costs); null: never.
-  bool (*keeps_costs)(int64_t batch, int64_t m, int64_t n, int64_t d);
+  // Whether the tensorized backend keeps C of a (batch, m, n, d) problem for its forward and,
+  // if it has one, its backward (SinkhornParams::kept_costs, KernelPair::build_costs); null:
+  // never.
+  bool (*keeps_costs)(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
+  // Whether the tensorized forward leaves K = exp(-C / eps) for the backward
+  // (SinkhornParams::kernel_matrix).
+  bool shares_kernel_matrix;
   const char* device_name;
 
   template <typename T>
@@ -51,40 +55,24 @@ struct Kernels {
   }
 };
 
-// sinkhorn_ext::sinkhorn_cost: returns (W_L (B,), u_history (B, L, m), v_history (B, L, n),
-// kept_costs): kept_costs is C (B, m, n) where the kernels keep it for the backward
-// (Kernels::keeps_costs), and empty (0,) elsewhere.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost(
-    const Kernels& kernels, const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-    const at::Tensor& y_weights, double eps, int64_t iters, std::string_view cost,
-    std::string_view backend);
+// The ops' outputs: the value (B,) and, for each of x, y, x_weights, y_weights that grad_mask
+// names, the gradient of the value's sum with respect to it (each problem of the batch
+// depends on its own inputs alone, so that is the gradient of each value), empty (0,) for the
+// others. The gradients are computed in the same call, by the replay of DESIGN.md section 1
+// run right after the forward, on its potentials and, where kept, its costs.
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// sinkhorn_ext::sinkhorn_cost_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
-// kept_costs is the forward's; empty, C is built again.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_cost_backward(
-    const Kernels& kernels, const at::Tensor& grad_cost, const at::Tensor& x, const at::Tensor& y,
-    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_history,
-    const at::Tensor& v_history, const at::Tensor& kept_costs, double eps, std::string_view cost,
-    std::string_view backend);
+// sinkhorn_ext::sinkhorn_cost: W_L(x, y).
+Outputs sinkhorn_cost(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
+                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      int64_t iters, std::string_view cost, std::string_view backend,
+                      std::array<bool, 4> grad_mask);
 
-// sinkhorn_ext::sinkhorn_loss: 2 W_L(x, y) - W_L(x, x) - W_L(y, y) (B,), the histories of the
-// three problems, in that order, and their kept costs: (loss, u_xy, v_xy, u_xx, v_xx, u_yy,
-// v_yy, kept_costs). kept_costs holds C(x, y), C(x, x), C(y, y) one after the other, flat
-// (B (m n + m^2 + n^2),), where the kernels keep all three, and is empty (0,) elsewhere.
-using LossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                               at::Tensor, at::Tensor, at::Tensor>;
-LossOutputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                          const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
-                          int64_t iters, std::string_view cost, std::string_view backend);
-
-// sinkhorn_ext::sinkhorn_loss_backward: returns (grad_x, grad_y, grad_x_weights, grad_y_weights).
-// kept_costs is the forward's (empty: the costs are built again). output_mask says which are
-// wanted: W(x, x) is replayed only for x's, W(y, y) only for y's.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_loss_backward(
-    const Kernels& kernels, const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& y,
-    const at::Tensor& x_weights, const at::Tensor& y_weights, const at::Tensor& u_xy,
-    const at::Tensor& v_xy, const at::Tensor& u_xx, const at::Tensor& v_xx,
-    const at::Tensor& u_yy, const at::Tensor& v_yy, const at::Tensor& kept_costs,
-    std::array<bool, 4> output_mask, double eps, std::string_view cost, std::string_view backend);
+// sinkhorn_ext::sinkhorn_loss: 2 W_L(x, y) - W_L(x, x) - W_L(y, y). W(x, x) is replayed only
+// for the gradients of x and its weights, W(y, y) only for those of y.
+Outputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
+                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      int64_t iters, std::string_view cost, std::string_view backend,
+                      std::array<bool, 4> grad_mask);
 
 }  // namespace sinkhorn::ops

@@ -332,6 +332,35 @@ SK_TEST(backward, euclidean_coincident_points) {
   check_backward_against_fd(p, 1e-7, 1e-4);
 }
 
+// A backward in the same call as its forward reads the forward's K (kernel_matrix) instead of
+// computing it: the same gradients, bit for bit, in both strategies (the large-ratio problems
+// run the log domain, which leaves K unused).
+template <typename T>
+void check_shared_kernel_matrix(const Problem<T>& p) {
+  std::vector<T> K = nans<T>(p.B * p.m * p.n);
+  auto with_K = [&](auto kernel) {
+    return [&, kernel](SinkhornParams<T> sp) {
+      sp.kernel_matrix = K.data();
+      kernel(sp);
+    };
+  };
+  const ForwardResult<T> fw = sktest::run_forward(p, with_K(sinkhorn::cpu::sinkhorn_forward<T>));
+  const Grads<T> shared =
+      sktest::run_backward(p, fw, {T(1), T(0.5)}, with_K(sinkhorn::cpu::sinkhorn_backward<T>));
+  const Grads<T> own = run_backward(p, run_forward(p), {T(1), T(0.5)});
+  for (const auto& [a, b] : {std::pair{&shared.x, &own.x}, std::pair{&shared.y, &own.y},
+                             std::pair{&shared.a, &own.a}, std::pair{&shared.b, &own.b}})
+    SK_CHECK(bitwise_equal(*a, *b)) << p.describe();
+}
+
+SK_TEST(backward, reading_the_forwards_kernel_matrix_changes_nothing) {
+  for (const auto& p : backward_problems()) {
+    check_shared_kernel_matrix(p);
+    check_shared_kernel_matrix(p.cast<float>());
+  }
+  for (const auto& p : large_ratio_problems()) check_shared_kernel_matrix(p);
+}
+
 // The float backward against the double one on the same (float-representable) inputs,
 // relative to the largest gradient of all four (with m = 1, W does not depend on alpha and
 // grad_x_weights is 0 up to rounding).
