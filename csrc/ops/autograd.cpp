@@ -13,8 +13,9 @@
 #include <torch/library.h>
 
 #include <array>
-#include <tuple>
 #include <vector>
+
+#include "ops/sinkhorn.h"
 
 namespace sinkhorn::ops {
 namespace {
@@ -24,19 +25,19 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The schema of both ops in TORCH_LIBRARY(sinkhorn_ext) (ops/sinkhorn.cpp).
-using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Op = Outputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, int64_t,
                    c10::string_view, c10::string_view, std::array<bool, 4>);
 using OpHandle = c10::TypedOperatorHandle<Op>;
 
+OpHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Op>();
+}
 const OpHandle& cost_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sinkhorn_ext::sinkhorn_cost", "").typed<Op>();
+  static const OpHandle op = find_op("sinkhorn_ext::sinkhorn_cost");
   return op;
 }
 const OpHandle& loss_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("sinkhorn_ext::sinkhorn_loss", "").typed<Op>();
+  static const OpHandle op = find_op("sinkhorn_ext::sinkhorn_loss");
   return op;
 }
 
@@ -95,7 +96,8 @@ Outputs with_derivative(const Tensor& x, const Tensor& y, const Tensor& x_weight
   // Autograd will need the gradients of the inputs that require one.
   const bool recording = at::GradMode::is_enabled();
   const std::array<const Tensor*, 4> inputs = {&x, &y, &x_weights, &y_weights};
-  for (int k = 0; k < 4; ++k) grad_mask[k] = grad_mask[k] || (recording && inputs[k]->requires_grad());
+  for (int k = 0; k < 4; ++k)
+    grad_mask[k] = grad_mask[k] || (recording && inputs[k]->requires_grad());
   const variable_list out = SinkhornFunction<op>::apply(x, y, x_weights, y_weights, eps, iters,
                                                         cost, backend, grad_mask);
   return {out[0], out[1], out[2], out[3], out[4]};
