@@ -127,7 +127,6 @@ struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
   at::Tensor kept_costs;     // C (B, m, n) kept for the forward and the backward, if defined
-  at::Tensor kernel_matrix;  // K (B, m, n) from the forward for the backward, if defined
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
   bool needs_grad = false;   // the backward runs after the forward
   bool needs_grad_y = true;  // the backward computes grad_y (unless x_is_y)
@@ -172,7 +171,6 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
   p.u_history = problem.u_history.data_ptr<T>();
   p.v_history = problem.v_history.data_ptr<T>();
   if (problem.kept_costs.defined()) p.kept_costs = problem.kept_costs.data_ptr<T>();
-  if (problem.kernel_matrix.defined()) p.kernel_matrix = problem.kernel_matrix.data_ptr<T>();
   return p;
 }
 
@@ -233,8 +231,6 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     if (!online && kernels.keeps_costs != nullptr &&
         kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad))
       pr.kept_costs = at::empty({pr.batch(), pr.m(), pr.n()}, opts);
-    if (!online && kernels.shares_kernel_matrix && pr.needs_grad)
-      pr.kernel_matrix = at::empty({pr.batch(), pr.m(), pr.n()}, opts);
     costs.push_back(at::empty({pr.batch()}, opts));
     pr.u_history = at::empty({pr.batch(), iters, pr.m()}, opts);
     pr.v_history = at::empty({pr.batch(), iters, pr.n()}, opts);
@@ -259,7 +255,13 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
       auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
-      at::Tensor workspace;
+      at::Tensor workspace, kernel_matrix;
+      // Allocated here, not before all problems: those run one after the other (at large
+      // sizes) then hold one at a time.
+      if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
+        kernel_matrix = at::empty({B, m, n}, pr.x.options());
+        p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
+      }
       if (kernels.needs_workspace) {  // C and C^T (not online), f, g, the column costs
         const int64_t matrices = online ? 0 : 2 * B * m * n;
         workspace = at::empty({matrices + B * m + 2 * B * n}, pr.x.options());
