@@ -9,8 +9,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace sinkhorn::cpu {
@@ -80,20 +83,81 @@ inline int64_t row_parts(int64_t batch, int64_t rows, int64_t row_work) {
   return std::max<int64_t>(1, std::min({blocks, by_work, by_threads}));
 }
 
-// Runs fn(b, part, r0, r1) over the parts [r0, r1) of the rows of every batch b, in parallel.
+// The rows [first, second) of part `part` of `parts`.
+inline std::pair<int64_t, int64_t> row_part_range(int64_t rows, int64_t parts, int64_t part) {
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  return {blocks * part / parts * kRowBlock,
+          std::min(rows, blocks * (part + 1) / parts * kRowBlock)};
+}
+
+// Runs fn(b, part) for the parts (row_part_range) of the rows of every batch b, in parallel.
 template <typename Fn>
 void for_each_row_part(int64_t batch, int64_t rows, int64_t parts, int64_t row_work,
                        const Fn& fn) {
-  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t part_work = std::max<int64_t>(1, rows * row_work / parts);
   const int64_t grain = std::max<int64_t>(1, kChunkWork / part_work);
   at::parallel_for(0, batch * parts, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t part = k % parts;
-      fn(k / parts, part, blocks * part / parts * kRowBlock,
-         std::min(rows, blocks * (part + 1) / parts * kRowBlock));
-    }
+    for (int64_t k = begin; k < end; ++k) fn(k / parts, k % parts);
   });
+}
+
+// Waits until done() holds: spinning, then yielding the core (where threads outnumber cores,
+// the one awaited may need it).
+template <typename Done>
+void spin_until(const Done& done) {
+  for (int spins = 0; !done(); ++spins)
+    if (spins >= 4096) std::this_thread::yield();
+}
+
+// A barrier for count threads of one parallel region, reusable.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int64_t count) : count_(count) {}
+
+  void wait() {
+    const int64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+      arrived_.store(0, std::memory_order_relaxed);  // before the others may arrive again
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != generation; });
+  }
+
+ private:
+  const int64_t count_;
+  std::atomic<int64_t> arrived_{0};
+  std::atomic<int64_t> generation_{0};
+};
+
+// For step = 0..steps-1: parallel(step, slot) for every slot < slots, then serial(step), in
+// one parallel region whose threads, one per slot, meet at a barrier after each phase: where
+// a step takes microseconds, starting a region per step would cost about as much as the
+// step. Returns false, having run nothing, where the region would have fewer threads than
+// slots (inside another region, or with fewer threads); the caller then runs a region per
+// step.
+template <typename Parallel, typename Serial>
+bool run_steps_in_one_region(int64_t steps, int64_t slots, const Parallel& parallel,
+                             const Serial& serial) {
+  if (slots < 2 || slots > at::get_num_threads() || at::in_parallel_region()) return false;
+  std::atomic<int64_t> joined{0}, claimed{0};
+  std::atomic<bool> ran{false};
+  SpinBarrier barrier(slots);
+  at::parallel_for(0, slots, 1, [&](int64_t begin, int64_t end) {
+    joined.fetch_add(1);
+    claimed.fetch_add(end - begin);
+    // Once every slot is claimed every thread has joined: one slot each, or none goes on.
+    spin_until([&] { return claimed.load() == slots; });
+    if (joined.load() != slots) return;
+    for (int64_t step = 0; step < steps; ++step) {
+      parallel(step, begin);
+      barrier.wait();
+      if (begin == 0) serial(step);
+      barrier.wait();
+    }
+    if (begin == 0) ran.store(true);
+  });
+  return ran.load();
 }
 
 // Runs fn(b, r0, r1) over tiles of at most kTileRows rows of every batch b, in parallel: the

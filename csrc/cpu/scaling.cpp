@@ -58,25 +58,34 @@ int64_t rank_product_rows(int64_t cols) {
 // part of the rows, columns + slot * cols, while still in cache (slot = b * parts + part;
 // row_step returns nullptr where the tile adds nothing). A half-step that waited for all
 // the rows would read K twice: from memory at large sizes, where that is what bounds it.
+// row_then_column_part makes the pass over one part of the rows of batch b,
+// row_then_column_products over all, in parallel.
+template <typename T, typename RowStep>
+void row_then_column_part(const T* K, const T* v, int64_t b, int64_t part, int64_t rows,
+                          int64_t cols, int64_t parts, T* out, T* columns,
+                          const RowStep& row_step) {
+  const int64_t tile_rows = fused_tile_rows<T>(cols);
+  const auto [r0, r1] = row_part_range(rows, parts, part);
+  const int64_t slot = b * parts + part;
+  T* part_columns = columns + slot * cols;
+  std::fill(part_columns, part_columns + cols, T(0));
+  for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
+    const int64_t t1 = std::min(r1, t0 + tile_rows);
+    const T* tile = K + (b * rows + t0) * cols;
+    matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v + b * cols,
+           out + b * rows + t0);
+    const T* weights = row_step(b, slot, t0, t1);
+    if (weights != nullptr)
+      matvec_transposed(tile, static_cast<int>(t1 - t0), cols, static_cast<int>(cols), weights,
+                        part_columns);
+  }
+}
+
 template <typename T, typename RowStep>
 void row_then_column_products(const T* K, const T* v, int64_t batch, int64_t rows, int64_t cols,
                               int64_t parts, T* out, T* columns, const RowStep& row_step) {
-  const int64_t tile_rows = fused_tile_rows<T>(cols);
-  for_each_row_part(batch, rows, parts, 2 * cols, [&](int64_t b, int64_t part, int64_t r0,
-                                                      int64_t r1) {
-    const int64_t slot = b * parts + part;
-    T* part_columns = columns + slot * cols;
-    std::fill(part_columns, part_columns + cols, T(0));
-    for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
-      const int64_t t1 = std::min(r1, t0 + tile_rows);
-      const T* tile = K + (b * rows + t0) * cols;
-      matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v + b * cols,
-             out + b * rows + t0);
-      const T* weights = row_step(b, slot, t0, t1);
-      if (weights != nullptr)
-        matvec_transposed(tile, static_cast<int>(t1 - t0), cols, static_cast<int>(cols), weights,
-                          part_columns);
-    }
+  for_each_row_part(batch, rows, parts, 2 * cols, [&](int64_t b, int64_t part) {
+    row_then_column_part(K, v, b, part, rows, cols, parts, out, columns, row_step);
   });
 }
 
@@ -158,38 +167,40 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   build_kernel_matrix(C, B, m, n, eps, K);
   std::fill(g, g + B * n, T(0));  // g^0 = 0, i.e. b^0 = 1
 
-  for (int64_t l = 1; l <= L; ++l) {
-    // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
-    // Each tile's f^l goes at once into the g-update's column sums
-    // sum_i K_ij exp((f_i - delta) / eps), with delta the running max f of the tile's part
-    // (its sums rescaled as delta grows), so that K is read once per iteration.
+  // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
+  // Each tile's f^l goes at once into the g-update's column sums
+  // sum_i K_ij exp((f_i - delta) / eps), with delta the running max f of the tile's part
+  // (its sums rescaled as delta grows), so that K is read once per iteration.
+  auto start_iteration = [&] {
     shifted_exp(g, B, n, eps, shift, e);
     std::fill(part_shift, part_shift + B * parts, kNone);
-    row_then_column_products(K, e, B, m, n, parts, row, part_columns,
-                             [&](int64_t b, int64_t slot, int64_t i0, int64_t i1) -> const T* {
-      const int count = static_cast<int>(i1 - i0);
-      T* u = p.u_history + (b * L + l - 1) * m;
-      scaled_softmins(row + b * m + i0, shift[b], eps, count, u + i0);
-      T tile_max = kNone;
-      for (int64_t i = i0; i < i1; ++i) {
-        f[b * m + i] = log_alpha[b * m + i] + u[i];
-        tile_max = std::max(tile_max, f[b * m + i]);
+  };
+  auto f_update = [&](int64_t l, int64_t b, int64_t slot, int64_t i0, int64_t i1) -> const T* {
+    const int count = static_cast<int>(i1 - i0);
+    T* u = p.u_history + (b * L + l - 1) * m;
+    scaled_softmins(row + b * m + i0, shift[b], eps, count, u + i0);
+    T tile_max = kNone;
+    for (int64_t i = i0; i < i1; ++i) {
+      f[b * m + i] = log_alpha[b * m + i] + u[i];
+      tile_max = std::max(tile_max, f[b * m + i]);
+    }
+    T& delta = part_shift[slot];
+    if (tile_max > delta) {
+      if (delta != kNone) {  // else nothing is summed yet
+        const T rescale = fast_exp((delta - tile_max) * inv_eps);
+        T* sums = part_columns + slot * n;
+        for (int64_t j = 0; j < n; ++j) sums[j] *= rescale;
       }
-      T& delta = part_shift[slot];
-      if (tile_max > delta) {
-        if (delta != kNone) {  // else nothing is summed yet
-          const T rescale = fast_exp((delta - tile_max) * inv_eps);
-          T* sums = part_columns + slot * n;
-          for (int64_t j = 0; j < n; ++j) sums[j] *= rescale;
-        }
-        delta = tile_max;
-      }
-      if (delta == kNone) return nullptr;  // zero weights alpha_i so far
-      exp_affine(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
-      return weight + b * m + i0;
-    });
-    // g-update: v^l_j = -delta - eps log(column sum j), the parts' sums brought to the shift
-    // delta = max f (a factor exp(0) = 1 exactly for the part that holds it).
+      delta = tile_max;
+    }
+    if (delta == kNone) return nullptr;  // zero weights alpha_i so far
+    exp_affine(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
+    return weight + b * m + i0;
+  };
+  // g-update: v^l_j = -delta - eps log(column sum j), the parts' sums brought to the shift
+  // delta = max f (a factor exp(0) = 1 exactly for the part that holds it); then the next
+  // iteration's start.
+  auto g_update = [&](int64_t l) {
     for (int64_t b = 0; b < B; ++b) {
       const T* shifts = part_shift + b * parts;
       const T delta = *std::max_element(shifts, shifts + parts);
@@ -204,6 +215,26 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
       scaled_softmins(sums, delta, eps, static_cast<int>(n), v);
       for (int64_t j = 0; j < n; ++j) g[b * n + j] = log_beta[b * n + j] + v[j];
     }
+    if (l < L) start_iteration();
+  };
+  start_iteration();
+  // The iterations in one parallel region, a thread per part, where there are threads
+  // enough; else a region per iteration. The same arithmetic either way.
+  const bool in_one_region = run_steps_in_one_region(
+      L, B * parts,
+      [&](int64_t step, int64_t slot) {
+        row_then_column_part(K, e, slot / parts, slot % parts, m, n, parts, row, part_columns,
+                             [&](int64_t b, int64_t s, int64_t i0, int64_t i1) {
+                               return f_update(step + 1, b, s, i0, i1);
+                             });
+      },
+      [&](int64_t step) { g_update(step + 1); });
+  for (int64_t l = 1; l <= L && !in_one_region; ++l) {
+    row_then_column_products(K, e, B, m, n, parts, row, part_columns,
+                             [&](int64_t b, int64_t slot, int64_t i0, int64_t i1) {
+                               return f_update(l, b, slot, i0, i1);
+                             });
+    g_update(l);
   }
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
   // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
