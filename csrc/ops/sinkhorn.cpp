@@ -246,10 +246,28 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
   }
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn", [&] {
     // Kept costs first, each on all threads: where they dominate (BLAS products at large d),
-    // the problems at once would leave a thread idle while another builds two.
-    for (const Problem& pr : problems)
-      if (pr.kept_costs.defined())
-        kernels.of<scalar_t>().build_costs(make_params<scalar_t>(pr, eps, iters, cost, online));
+    // the problems at once would leave a thread idle while another builds two. But two
+    // self-terms side by side, one per thread: their strips of rows (build_cost_matrix) are
+    // products too small for BLAS to gain much from two threads.
+    auto build = [&](const Problem& pr) {
+      kernels.of<scalar_t>().build_costs(make_params<scalar_t>(pr, eps, iters, cost, online));
+    };
+    std::vector<const Problem*> self_terms;
+    for (const Problem& pr : problems) {
+      if (!pr.kept_costs.defined()) continue;
+      if (pr.x_is_y) {
+        self_terms.push_back(&pr);
+      } else {
+        build(pr);
+      }
+    }
+    if (self_terms.size() == 2) {
+      at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) build(*self_terms[k]);
+      });
+    } else if (self_terms.size() == 1) {
+      build(*self_terms[0]);
+    }
     for_each_problem(kernels, problems, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
