@@ -155,7 +155,7 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   constexpr T kNone = -std::numeric_limits<T>::infinity();
   const int64_t parts = row_parts(B, m, 2 * n);
-  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // unless the backward's is given
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // K, unless left for the backward
   Buffer<T> f_buffer(B * m), g_buffer(B * n), e_buffer(B * n);
   Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m), weight_buffer(B * m);
   Buffer<T> part_column_buffer(B * parts * n), part_shift_buffer(B * parts);
@@ -253,7 +253,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   const int64_t parts = row_parts(B, m, 2 * n);
-  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // unless the forward's is given
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // K, unless the forward left it
   Buffer<T> f_buffer(B * m), g_buffer(B * n);
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * n), shift_buffer(B);
   Buffer<T> f_factor_buffer(B * m), f_shift_buffer(B), part_column_buffer(B * parts * n);
