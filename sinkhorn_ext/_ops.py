@@ -36,9 +36,11 @@ def check_device(device: torch.device) -> None:
     raise RuntimeError(f"sinkhorn_ext has no kernels for {device.type} tensors.{hint}")
 
 
-def _outputs(x, y, x_weights, y_weights, grad_mask):
-    """The fake of an op's outputs: the value (B,), then for each input the gradient of the
-    value's sum, of its shape where grad_mask asks for it and empty (0,) elsewhere."""
+def _fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized",
+          grad_mask=(False,) * 4):
+    """The fake kernel of both ops (same schema): the value (B,), then for each input the
+    gradient of the value's sum, of its shape where grad_mask asks for it and empty (0,)
+    elsewhere."""
     torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
     torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
     inputs = (x, y, x_weights, y_weights)
@@ -47,13 +49,5 @@ def _outputs(x, y, x_weights, y_weights, grad_mask):
               for t, wanted in zip(inputs, grad_mask)))
 
 
-@torch.library.register_fake("sinkhorn_ext::sinkhorn_cost")
-def _sinkhorn_cost_fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized",
-                        grad_mask=(False,) * 4):
-    return _outputs(x, y, x_weights, y_weights, grad_mask)
-
-
-@torch.library.register_fake("sinkhorn_ext::sinkhorn_loss")
-def _sinkhorn_loss_fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized",
-                        grad_mask=(False,) * 4):
-    return _outputs(x, y, x_weights, y_weights, grad_mask)
+for _name in ("sinkhorn_cost", "sinkhorn_loss"):
+    torch.library.register_fake(f"sinkhorn_ext::{_name}")(_fake)
