@@ -16,8 +16,8 @@ namespace sinkhorn::cpu {
 // its own contraction, or read by a backward in the same call.
 bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
 
-// Builds C into kept_costs, before the forward: on all threads, where the forwards of the
-// loss's three problems would build theirs one problem per thread.
+// Builds C into kept_costs, before the forward: on all threads where called outside a
+// parallel region (the op layer builds the loss's two self-terms one per thread).
 template <typename T>
 void build_kept_costs(const SinkhornParams<T>& p);
 
