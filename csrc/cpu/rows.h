@@ -76,6 +76,10 @@ void matvec_transposed(const double* M, int rows, long stride, int width, const 
 // in order)
 float squared_distance_by_lanes(const float* a, const float* b, int d);
 double squared_distance_by_lanes(const double* a, const double* b, int d);
+// max_c a_c, -inf for n = 0 (a NaN may or may not be returned: the scaling strategy's
+// potentials, its one caller, are never NaN)
+float max_of(const float* a, int n);
+double max_of(const double* a, int n);
 // sum_c a_c b_c
 float dot(const float* a, const float* b, int n);
 double dot(const double* a, const double* b, int n);

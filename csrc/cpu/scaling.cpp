@@ -29,10 +29,8 @@ namespace {
 template <typename T>
 void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e) {
   for (int64_t b = 0; b < batch; ++b) {
-    T s = -std::numeric_limits<T>::infinity();
-    for (int64_t k = 0; k < count; ++k) s = std::max(s, h[b * count + k]);
-    shift[b] = s;
-    exp_affine(h + b * count, s, T(1) / eps, static_cast<int>(count), e + b * count);
+    shift[b] = max_of(h + b * count, static_cast<int>(count));
+    exp_affine(h + b * count, shift[b], T(1) / eps, static_cast<int>(count), e + b * count);
   }
 }
 

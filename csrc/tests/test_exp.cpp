@@ -1,7 +1,8 @@
 // sinkhorn::fast_exp and fast_log (csrc/core/exp.h) against std::exp and std::log, in float
 // and double, through two builds of the same loop: the baseline one of this file's flags,
 // and a target_clones one (AVX-512 / AVX2+FMA where the machine has them) that vectorises
-// them the way the kernels of csrc/cpu/rows.cpp do.
+// them the way the kernels of csrc/cpu/rows.cpp do; and exp through the kernels' own
+// exp_affine (csrc/cpu/rows.h), hand-written for AVX-512 where the machine has it.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "core/exp.h"
+#include "cpu/rows.h"
 #include "tests/harness.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -82,6 +84,12 @@ SK_TEST_CLONES void exp_clones(const double* in, double* out, std::int64_t count
   for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_exp(in[k]);
 }
 
+// exp_affine at shift 0 and scale 1: out[k] = fast_exp(in[k]).
+template <typename T>
+void exp_kernel(const T* in, T* out, std::int64_t count) {
+  sinkhorn::cpu::exp_affine(in, T(0), T(1), static_cast<int>(count), out);
+}
+
 // The two builds of `out[k] = fast_log(in[k])`.
 template <typename T>
 __attribute__((noinline)) void log_baseline(const T* in, T* out, std::int64_t count) {
@@ -107,7 +115,8 @@ struct NamedEvaluator {
 template <typename T>
 std::vector<NamedEvaluator<T>> evaluators() {
   return {{"baseline", &exp_baseline<T>},
-          {"target_clones", static_cast<Evaluator<T>>(&exp_clones)}};
+          {"target_clones", static_cast<Evaluator<T>>(&exp_clones)},
+          {"exp_affine", &exp_kernel<T>}};
 }
 
 template <typename T>
