@@ -50,9 +50,12 @@ struct GradientProduct : public torch::autograd::Function<GradientProduct> {
   static variable_list forward(AutogradContext*, const Tensor& incoming,
                                const Tensor& gradients, const Tensor& /*input*/) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    return {product(incoming, gradients)};
+  }
+  static Tensor product(const Tensor& incoming, const Tensor& gradients) {
     std::vector<int64_t> shape(gradients.dim(), 1);
     shape[0] = gradients.size(0);
-    return {gradients * incoming.reshape(shape)};
+    return gradients * incoming.reshape(shape);
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK(false,
@@ -82,9 +85,14 @@ struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction<op>>
     variable_list out(9);  // eps, iters, cost, backend and grad_mask have none
     if (!grads[0].defined()) return out;
     const variable_list saved = ctx->get_saved_variables();  // the gradients, the inputs
-    for (int k = 0; k < 4; ++k)
-      if (ctx->needs_input_grad(k))
-        out[k] = GradientProduct::apply(grads[0], saved[k], saved[4 + k])[0];
+    // Only a graph being recorded (create_graph=True) needs the product's own node, which
+    // costs more than the product itself.
+    const bool recording = at::GradMode::is_enabled();
+    for (int k = 0; k < 4; ++k) {
+      if (!ctx->needs_input_grad(k)) continue;
+      out[k] = recording ? GradientProduct::apply(grads[0], saved[k], saved[4 + k])[0]
+                         : GradientProduct::product(grads[0], saved[k]);
+    }
     return out;
   }
 };
