@@ -11,10 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "cpu/scratch.h"
 
 namespace sinkhorn::cpu {
 
@@ -180,16 +181,20 @@ T* tile_scratch(int64_t cols) {
   return scratch.data();
 }
 
-// Uninitialised scratch (std::vector would spend a pass zeroing it).
+// Uninitialised scratch (std::vector would spend a pass zeroing it), from cpu/scratch.h.
 template <typename T>
 class Buffer {
  public:
   explicit Buffer(int64_t size)
-      : data_(new T[static_cast<std::size_t>(std::max<int64_t>(size, 1))]) {}
-  T* get() const { return data_.get(); }
+      : block_(acquire_scratch(static_cast<std::size_t>(std::max<int64_t>(size, 1)) *
+                               sizeof(T))) {}
+  ~Buffer() { release_scratch(block_); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  T* get() const { return static_cast<T*>(block_.data); }
 
  private:
-  std::unique_ptr<T[]> data_;
+  ScratchBlock block_;
 };
 
 }  // namespace sinkhorn::cpu

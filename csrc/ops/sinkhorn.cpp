@@ -224,16 +224,19 @@ struct Gradients {
 std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     const Kernels& kernels, std::vector<Problem>& problems, double eps, int64_t iters, Cost cost,
     bool online) {
+  auto scratch = [&](at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return kernels.scratch ? kernels.scratch(sizes, options) : at::empty(sizes, options);
+  };
   std::vector<at::Tensor> costs, grad_costs;
   std::vector<Gradients> grads;
   for (Problem& pr : problems) {
     const auto opts = pr.x.options();
     if (!online && kernels.keeps_costs != nullptr &&
         kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad))
-      pr.kept_costs = at::empty({pr.batch(), pr.m(), pr.n()}, opts);
+      pr.kept_costs = scratch({pr.batch(), pr.m(), pr.n()}, opts);
     costs.push_back(at::empty({pr.batch()}, opts));
-    pr.u_history = at::empty({pr.batch(), iters, pr.m()}, opts);
-    pr.v_history = at::empty({pr.batch(), iters, pr.n()}, opts);
+    pr.u_history = scratch({pr.batch(), iters, pr.m()}, opts);
+    pr.v_history = scratch({pr.batch(), iters, pr.n()}, opts);
     if (!pr.needs_grad) {
       grad_costs.emplace_back();
       grads.emplace_back();
@@ -277,7 +280,7 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
       // Allocated here, not before all problems: those run one after the other (at large
       // sizes) then hold one at a time.
       if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
-        kernel_matrix = at::empty({B, m, n}, pr.x.options());
+        kernel_matrix = scratch({B, m, n}, pr.x.options());
         p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
       }
       if (kernels.needs_workspace) {  // C and C^T (not online), f, g, the column costs

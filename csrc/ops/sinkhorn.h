@@ -43,6 +43,9 @@ struct Kernels {
   // Whether the tensorized forward leaves K = exp(-C / eps) for the backward
   // (SinkhornParams::kernel_matrix).
   bool shares_kernel_matrix;
+  // Allocates the arrays that live for one call alone (the kept C, the shared K, the
+  // histories); null: at::empty, where the device's allocator keeps them for reuse (CUDA's).
+  at::Tensor (*scratch)(at::IntArrayRef sizes, const at::TensorOptions& options);
   const char* device_name;
 
   template <typename T>

@@ -1,11 +1,24 @@
 // CPU registration of the ops.
+#include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
+#include "cpu/scratch.h"
 #include "cpu/sinkhorn_cpu.h"
 #include "ops/sinkhorn.h"
 
 namespace sinkhorn::ops {
 namespace {
+
+// A large tensor over a block of cpu/scratch.h, which goes back to its cache with the
+// tensor; a small one from at::empty.
+at::Tensor scratch_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const std::size_t bytes = c10::multiply_integers(sizes) * options.dtype().itemsize();
+  if (bytes < cpu::kPooledMin) return at::empty(sizes, options);
+  const cpu::ScratchBlock block = cpu::acquire_scratch(bytes);
+  return at::from_blob(block.data, sizes, [block](void*) { cpu::release_scratch(block); },
+                       options);
+}
 
 constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>,
                                cpu::build_kept_costs<float>},
@@ -16,6 +29,7 @@ constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backw
                               /*online_backend=*/true,
                               /*keeps_costs=*/cpu::keeps_cost_matrix,
                               /*shares_kernel_matrix=*/true,
+                              /*scratch=*/scratch_tensor,
                               "CPU"};
 
 std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }

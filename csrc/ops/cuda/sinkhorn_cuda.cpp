@@ -32,6 +32,7 @@ constexpr Kernels kCudaKernels{{forward<float>, backward<float>, nullptr},
                                /*online_backend=*/true,
                                /*keeps_costs=*/nullptr,
                                /*shares_kernel_matrix=*/false,
+                               /*scratch=*/nullptr,
                                "CUDA"};
 
 std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
