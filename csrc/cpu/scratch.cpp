@@ -1,5 +1,7 @@
 #include "cpu/scratch.h"
 
+#include <pthread.h>
+
 #include <new>
 
 namespace sinkhorn::cpu {
@@ -53,10 +55,20 @@ std::size_t ScratchCache::cached_bytes() const {
 
 namespace {
 
-// Never destroyed: a block may come back while the process exits.
+// Never destroyed: a block may come back while the process exits. The child of a fork starts
+// a cache of its own: a thread of the parent may have held the lock at the fork, and no
+// thread of the child would release it (the blocks left in the old one are the parent's).
+ScratchCache* process_cache_instance = nullptr;
+
 ScratchCache& process_cache() {
-  static ScratchCache* const cache = new ScratchCache(kCachedMax);
-  return *cache;
+  static const bool created = [] {
+    process_cache_instance = new ScratchCache(kCachedMax);
+    pthread_atfork(nullptr, nullptr,
+                   [] { process_cache_instance = new ScratchCache(kCachedMax); });
+    return true;
+  }();
+  (void)created;
+  return *process_cache_instance;
 }
 
 }  // namespace

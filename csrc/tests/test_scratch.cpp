@@ -1,6 +1,9 @@
 // The cache of large scratch blocks (csrc/cpu/scratch.h): a block freed is handed out again
 // for a request it fits, small blocks and those over the limit are not kept, the oldest go
-// first, and threads may share one cache.
+// first, threads may share one cache, and the child of a fork starts a cache of its own.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -100,4 +103,21 @@ SK_TEST(scratch, threads_sharing_a_cache_never_hold_the_same_block) {
   }
   for (std::thread& thread : threads) thread.join();
   for (int t = 0; t < kThreads; ++t) SK_CHECK(failures[t] == 0) << "thread " << t;
+}
+
+SK_TEST(scratch, child_of_fork_starts_an_empty_cache) {
+  using sinkhorn::cpu::acquire_scratch;
+  using sinkhorn::cpu::release_scratch;
+  const ScratchBlock parent = acquire_scratch(2 * kMiB);
+  release_scratch(parent);  // kept by the parent's cache
+  const pid_t child = fork();
+  if (child == 0) {
+    // The parent's lock may have been held by another of its threads: the child's cache is
+    // a new one, which does not hold the parent's block.
+    const ScratchBlock block = acquire_scratch(2 * kMiB);
+    _exit(block.data == parent.data ? 1 : 0);
+  }
+  int status = 0;
+  SK_CHECK(child > 0 && waitpid(child, &status, 0) == child);
+  SK_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
