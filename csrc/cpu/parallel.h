@@ -131,15 +131,17 @@ class SpinBarrier {
   std::atomic<int64_t> generation_{0};
 };
 
-// For step = 0..steps-1: parallel(step, slot) for every slot < slots, then serial(step), in
-// one parallel region whose threads, one per slot, meet at a barrier after each phase: where
-// a step takes microseconds, starting a region per step would cost about as much as the
-// step. Returns false, having run nothing, where the region would have fewer threads than
-// slots (inside another region, or with fewer threads); the caller then runs a region per
-// step.
-template <typename Parallel, typename Serial>
+// For step = 0..steps-1: parallel(step, slot) for every slot < slots, then, once all have
+// finished, finish(step, slot) for every slot, in one parallel region whose threads, one per
+// slot, meet at a barrier after each parallel phase (finish may read what every slot wrote
+// in it, and must leave alone what the next step's parallel phase reads of other slots):
+// where a step takes microseconds, starting a region per step would cost about as much as
+// the step. Returns false, having run nothing, where the region would have fewer threads
+// than slots (inside another region, or with fewer threads); the caller then runs a region
+// per step.
+template <typename Parallel, typename Finish>
 bool run_steps_in_one_region(int64_t steps, int64_t slots, const Parallel& parallel,
-                             const Serial& serial) {
+                             const Finish& finish) {
   if (slots < 2 || slots > at::get_num_threads() || at::in_parallel_region()) return false;
   std::atomic<int64_t> joined{0}, claimed{0};
   std::atomic<bool> ran{false};
@@ -153,8 +155,7 @@ bool run_steps_in_one_region(int64_t steps, int64_t slots, const Parallel& paral
     for (int64_t step = 0; step < steps; ++step) {
       parallel(step, begin);
       barrier.wait();
-      if (begin == 0) serial(step);
-      barrier.wait();
+      finish(step, begin);
     }
     if (begin == 0) ran.store(true);
   });

@@ -51,15 +51,15 @@ int64_t rank_product_rows(int64_t cols) {
 }
 
 // One pass over K (B, rows, cols) for both half-steps of an iteration, or of a reverse level:
-// for each tile of rows, out[b, r] = sum_c K[b, r, c] v[b, c]; then weights = row_step(b,
+// for each tile of rows, out[b, r] = sum_c K[b, r, c] v_b[c]; then weights = row_step(b,
 // slot, t0, t1) for the tile's rows [t0, t1), which the tile adds to the column sums of its
 // part of the rows, columns + slot * cols, while still in cache (slot = b * parts + part;
 // row_step returns nullptr where the tile adds nothing). A half-step that waited for all
 // the rows would read K twice: from memory at large sizes, where that is what bounds it.
-// row_then_column_part makes the pass over one part of the rows of batch b,
-// row_then_column_products over all, in parallel.
+// row_then_column_part makes the pass over one part of the rows of batch b (v_b: its
+// vector), row_then_column_products over all, in parallel (v: (B, cols)).
 template <typename T, typename RowStep>
-void row_then_column_part(const T* K, const T* v, int64_t b, int64_t part, int64_t rows,
+void row_then_column_part(const T* K, const T* v_b, int64_t b, int64_t part, int64_t rows,
                           int64_t cols, int64_t parts, T* out, T* columns,
                           const RowStep& row_step) {
   const int64_t tile_rows = fused_tile_rows<T>(cols);
@@ -70,8 +70,7 @@ void row_then_column_part(const T* K, const T* v, int64_t b, int64_t part, int64
   for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
     const int64_t t1 = std::min(r1, t0 + tile_rows);
     const T* tile = K + (b * rows + t0) * cols;
-    matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v + b * cols,
-           out + b * rows + t0);
+    matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v_b, out + b * rows + t0);
     const T* weights = row_step(b, slot, t0, t1);
     if (weights != nullptr)
       matvec_transposed(tile, static_cast<int>(t1 - t0), cols, static_cast<int>(cols), weights,
@@ -83,7 +82,7 @@ template <typename T, typename RowStep>
 void row_then_column_products(const T* K, const T* v, int64_t batch, int64_t rows, int64_t cols,
                               int64_t parts, T* out, T* columns, const RowStep& row_step) {
   for_each_row_part(batch, rows, parts, 2 * cols, [&](int64_t b, int64_t part) {
-    row_then_column_part(K, v, b, part, rows, cols, parts, out, columns, row_step);
+    row_then_column_part(K, v + b * cols, b, part, rows, cols, parts, out, columns, row_step);
   });
 }
 
@@ -152,41 +151,54 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);  // eps log alpha
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   constexpr T kNone = -std::numeric_limits<T>::infinity();
-  const int64_t parts = row_parts(B, m, 2 * n);
+  const int64_t parts = row_parts(B, m, 2 * n), slots = B * parts;
   Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // K, unless left for the backward
-  Buffer<T> f_buffer(B * m), g_buffer(B * n), e_buffer(B * n);
-  Buffer<T> shift_buffer(B), column_buffer(B * n), row_buffer(B * m), weight_buffer(B * m);
-  Buffer<T> part_column_buffer(B * parts * n), part_shift_buffer(B * parts);
+  Buffer<T> f_buffer(B * m), g_buffer(B * n), e_buffer(B * n), shift_buffer(B);
+  Buffer<T> row_buffer(B * m), weight_buffer(B * m);
+  // Per slot (a part of the rows of a batch): its column sums and its max f, by the parity of
+  // the iteration, so that a slot may start the next iteration while another still reads
+  // this one's; its own e and gamma; and its g-update's results (part 0's are the history
+  // and g).
+  Buffer<T> part_column_buffer(2 * slots * n), part_shift_buffer(2 * slots);
+  Buffer<T> slot_e_buffer(slots * n), slot_shift_buffer(slots);
+  Buffer<T> slot_sum_buffer(slots * n), slot_v_buffer(slots * n), slot_g_buffer(slots * n);
   T* K = p.kernel_matrix ? p.kernel_matrix : K_buffer.get();
-  T *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get();
-  T *shift = shift_buffer.get(), *column = column_buffer.get(), *row = row_buffer.get();
-  T *weight = weight_buffer.get(), *part_columns = part_column_buffer.get();
-  T* part_shift = part_shift_buffer.get();
+  T *f = f_buffer.get(), *g = g_buffer.get(), *e = e_buffer.get(), *shift = shift_buffer.get();
+  T *row = row_buffer.get(), *weight = weight_buffer.get();
+  T *part_columns = part_column_buffer.get(), *part_shift = part_shift_buffer.get();
+  T *slot_e = slot_e_buffer.get(), *slot_shift = slot_shift_buffer.get();
+  T *slot_sums = slot_sum_buffer.get(), *slot_v = slot_v_buffer.get();
+  T* slot_g = slot_g_buffer.get();
   build_kernel_matrix(C, B, m, n, eps, K);
   std::fill(g, g + B * n, T(0));  // g^0 = 0, i.e. b^0 = 1
+  auto columns_of = [&](int64_t l) { return part_columns + (l % 2) * slots * n; };
+  auto shifts_of = [&](int64_t l) { return part_shift + (l % 2) * slots; };
 
+  // The start of iteration l for a slot, from g^{l-1} of its batch: gamma = max g and
+  // e_j = exp((g_j - gamma) / eps), and no column sums yet.
+  auto start_iteration = [&](int64_t l, int64_t slot, const T* g_b) {
+    slot_shift[slot] = max_of(g_b, static_cast<int>(n));
+    exp_affine(g_b, slot_shift[slot], inv_eps, static_cast<int>(n), slot_e + slot * n);
+    shifts_of(l)[slot] = kNone;
+  };
   // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
   // Each tile's f^l goes at once into the g-update's column sums
   // sum_i K_ij exp((f_i - delta) / eps), with delta the running max f of the tile's part
   // (its sums rescaled as delta grows), so that K is read once per iteration.
-  auto start_iteration = [&] {
-    shifted_exp(g, B, n, eps, shift, e);
-    std::fill(part_shift, part_shift + B * parts, kNone);
-  };
   auto f_update = [&](int64_t l, int64_t b, int64_t slot, int64_t i0, int64_t i1) -> const T* {
     const int count = static_cast<int>(i1 - i0);
     T* u = p.u_history + (b * L + l - 1) * m;
-    scaled_softmins(row + b * m + i0, shift[b], eps, count, u + i0);
+    scaled_softmins(row + b * m + i0, slot_shift[slot], eps, count, u + i0);
     T tile_max = kNone;
     for (int64_t i = i0; i < i1; ++i) {
       f[b * m + i] = log_alpha[b * m + i] + u[i];
       tile_max = std::max(tile_max, f[b * m + i]);
     }
-    T& delta = part_shift[slot];
+    T& delta = shifts_of(l)[slot];
     if (tile_max > delta) {
       if (delta != kNone) {  // else nothing is summed yet
         const T rescale = fast_exp((delta - tile_max) * inv_eps);
-        T* sums = part_columns + slot * n;
+        T* sums = columns_of(l) + slot * n;
         for (int64_t j = 0; j < n; ++j) sums[j] *= rescale;
       }
       delta = tile_max;
@@ -195,44 +207,45 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
     exp_affine(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
     return weight + b * m + i0;
   };
-  // g-update: v^l_j = -delta - eps log(column sum j), the parts' sums brought to the shift
-  // delta = max f (a factor exp(0) = 1 exactly for the part that holds it); then the next
-  // iteration's start.
-  auto g_update = [&](int64_t l) {
-    for (int64_t b = 0; b < B; ++b) {
-      const T* shifts = part_shift + b * parts;
-      const T delta = *std::max_element(shifts, shifts + parts);
-      T* sums = column + b * n;
-      std::fill(sums, sums + n, T(0));
-      for (int64_t k = 0; k < parts; ++k) {
-        const T factor = fast_exp((shifts[k] - delta) * inv_eps);  // 0 for a part of kNone
-        const T* part = part_columns + (b * parts + k) * n;
-        for (int64_t j = 0; j < n; ++j) sums[j] += factor * part[j];
-      }
-      T* v = p.v_history + (b * L + l - 1) * n;
-      scaled_softmins(sums, delta, eps, static_cast<int>(n), v);
-      for (int64_t j = 0; j < n; ++j) g[b * n + j] = log_beta[b * n + j] + v[j];
-    }
-    if (l < L) start_iteration();
+  // Iteration l's pass over K for the rows of a slot: their f-update, and their terms of the
+  // column sums.
+  auto column_pass = [&](int64_t l, int64_t slot) {
+    row_then_column_part(K, slot_e + slot * n, slot / parts, slot % parts, m, n, parts, row,
+                         columns_of(l), [&](int64_t b, int64_t s, int64_t i0, int64_t i1) {
+                           return f_update(l, b, s, i0, i1);
+                         });
   };
-  start_iteration();
-  // The iterations in one parallel region, a thread per part, where there are threads
-  // enough; else a region per iteration. The same arithmetic either way.
+  // g-update, made by every slot of a batch for itself: v^l_j = -delta - eps log(column sum
+  // j), the parts' sums brought to the shift delta = max f (a factor exp(0) = 1 exactly for
+  // the part that holds it); then the slot's start of the next iteration.
+  auto g_update = [&](int64_t l, int64_t slot) {
+    const int64_t b = slot / parts, part = slot % parts;
+    const T* shifts = shifts_of(l) + b * parts;
+    const T delta = *std::max_element(shifts, shifts + parts);
+    T* sums = slot_sums + slot * n;
+    std::fill(sums, sums + n, T(0));
+    for (int64_t k = 0; k < parts; ++k) {
+      const T factor = fast_exp((shifts[k] - delta) * inv_eps);  // 0 for a part of kNone
+      const T* part_sums = columns_of(l) + (b * parts + k) * n;
+      for (int64_t j = 0; j < n; ++j) sums[j] += factor * part_sums[j];
+    }
+    T* v = part == 0 ? p.v_history + (b * L + l - 1) * n : slot_v + slot * n;
+    T* g_b = part == 0 ? g + b * n : slot_g + slot * n;
+    scaled_softmins(sums, delta, eps, static_cast<int>(n), v);
+    for (int64_t j = 0; j < n; ++j) g_b[j] = log_beta[b * n + j] + v[j];
+    if (l < L) start_iteration(l + 1, slot, g_b);
+  };
+  for (int64_t slot = 0; slot < slots; ++slot) start_iteration(1, slot, g + slot / parts * n);
+  // The iterations in one parallel region, a thread per slot, where there are threads
+  // enough: one barrier an iteration, after which each thread makes its own g-update. Else a
+  // region per iteration, and the g-updates after it. The same arithmetic either way.
   const bool in_one_region = run_steps_in_one_region(
-      L, B * parts,
-      [&](int64_t step, int64_t slot) {
-        row_then_column_part(K, e, slot / parts, slot % parts, m, n, parts, row, part_columns,
-                             [&](int64_t b, int64_t s, int64_t i0, int64_t i1) {
-                               return f_update(step + 1, b, s, i0, i1);
-                             });
-      },
-      [&](int64_t step) { g_update(step + 1); });
+      L, slots, [&](int64_t step, int64_t slot) { column_pass(step + 1, slot); },
+      [&](int64_t step, int64_t slot) { g_update(step + 1, slot); });
   for (int64_t l = 1; l <= L && !in_one_region; ++l) {
-    row_then_column_products(K, e, B, m, n, parts, row, part_columns,
-                             [&](int64_t b, int64_t slot, int64_t i0, int64_t i1) {
-                               return f_update(l, b, slot, i0, i1);
-                             });
-    g_update(l);
+    for_each_row_part(B, m, parts, 2 * n,
+                      [&](int64_t b, int64_t part) { column_pass(l, b * parts + part); });
+    for (int64_t slot = 0; slot < slots; ++slot) g_update(l, slot);
   }
   // W_L = sum_ij C_ij P_ij with P_ij = exp((f_i + gamma) / eps) K_ij exp((g_j - gamma) / eps);
   // the first factor is at most exp(max C / eps) (scaling_form_is_safe).
