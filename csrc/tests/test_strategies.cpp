@@ -177,20 +177,28 @@ SK_TEST(strategies, scaling_is_independent_of_thread_count) {
     SK_CHECK(gk.x == g1.x && gk.y == g1.y && gk.a == g1.a && gk.b == g1.b)
         << threads << " threads, backward";
   }
-  // Large enough that the rows are split into a part per thread, each with its column sums
+  // Large enough that the rows are split into parts, each with its column sums
   // (cpu/parallel.h row_parts): bitwise per thread count, equal across counts to rounding.
-  const Problem<double> large = make_problem<double>(1, 803, 517, 3, 4, 0.5, Cost::kEuclidean, 9);
-  const auto [fl1, gl1] = run(large, 1);
-  for (int threads : {2, 3}) {
-    const auto [fk, gk] = run(large, threads);
-    SK_CHECK(max_rel_diff(fk.W, fl1.W) <= 1e-13) << threads << " threads, W";
-    SK_CHECK(max_rel_diff(fk.v, fl1.v, max_abs(fl1.v) + 0.5) <= 1e-13) << threads << " threads, v";
-    for (const auto& [got, expected] : {std::make_pair(&gk.x, &gl1.x), std::make_pair(&gk.y, &gl1.y),
-                                        std::make_pair(&gk.a, &gl1.a), std::make_pair(&gk.b, &gl1.b)})
-      SK_CHECK(max_rel_diff(*got, *expected) <= 1e-12)
-          << threads << " threads, backward: " << max_rel_diff(*got, *expected);
-    const auto [fk2, gk2] = run(large, threads);
-    SK_CHECK(fk2.v == fk.v && gk2.x == gk.x && gk2.y == gk.y) << threads << " threads, repeated";
+  // One batch: a part per thread, in one region. Two: at 4 threads two parts each, in one
+  // region; at 3 two parts each (4 slots), a region per step.
+  for (const int64_t batch : {1, 2}) {
+    const Problem<double> large =
+        make_problem<double>(batch, 803, 517, 3, 4, 0.5, Cost::kEuclidean, 9);
+    const auto [fl1, gl1] = run(large, 1);
+    for (int threads : {2, 3, 4}) {
+      const auto [fk, gk] = run(large, threads);
+      const std::string where = std::to_string(batch) + " batches, " + std::to_string(threads) +
+                                " threads";
+      SK_CHECK(max_rel_diff(fk.W, fl1.W) <= 1e-13) << where << ", W";
+      SK_CHECK(max_rel_diff(fk.v, fl1.v, max_abs(fl1.v) + 0.5) <= 1e-13) << where << ", v";
+      for (const auto& [got, expected] :
+           {std::make_pair(&gk.x, &gl1.x), std::make_pair(&gk.y, &gl1.y),
+            std::make_pair(&gk.a, &gl1.a), std::make_pair(&gk.b, &gl1.b)})
+        SK_CHECK(max_rel_diff(*got, *expected) <= 1e-12)
+            << where << ", backward: " << max_rel_diff(*got, *expected);
+      const auto [fk2, gk2] = run(large, threads);
+      SK_CHECK(fk2.v == fk.v && gk2.x == gk.x && gk2.y == gk.y) << where << ", repeated";
+    }
   }
 }
 
