@@ -177,8 +177,7 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   // The start of iteration l for a slot, from g^{l-1} of its batch: gamma = max g and
   // e_j = exp((g_j - gamma) / eps), and no column sums yet.
   auto start_iteration = [&](int64_t l, int64_t slot, const T* g_b) {
-    slot_shift[slot] = max_of(g_b, static_cast<int>(n));
-    exp_affine(g_b, slot_shift[slot], inv_eps, static_cast<int>(n), slot_e + slot * n);
+    shifted_exp(g_b, 1, n, eps, slot_shift + slot, slot_e + slot * n);
     shifts_of(l)[slot] = kNone;
   };
   // f-update: u^l_i = -gamma - eps log sum_j K_ij exp((g_j - gamma) / eps), gamma = max g.
