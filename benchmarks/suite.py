@@ -196,8 +196,7 @@ def _itemsize(problem: Problem) -> int:
 
 def auto_backend(problem: Problem) -> str:
     """The backend that sinkhorn_loss(..., backend="auto") runs for this problem."""
-    inputs = sk.api.prepare(problem.x, problem.y)
-    return sk.api.resolve_backend("auto", inputs, loss=True)
+    return sk.api.resolve_backend("auto", problem.x, problem.y, loss=True)
 
 
 def _fused(backend: str) -> Implementation:

@@ -123,11 +123,17 @@ def test_direct_op_call_checks_its_contract():
     y = Y.unsqueeze(0)
     a, b = torch.full((1, 5), 0.2), torch.full((1, 4), 0.25)
     for op in (ops.sinkhorn_cost, ops.sinkhorn_loss):
-        with pytest.raises(ValueError, match=r"x must have shape \(B, m, d\), got \[5, 2\]"):
-            op(X, y, a, b, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
-        with pytest.raises(ValueError, match=r"x_weights must have shape \(B, m\) = \(1, 5\), "
-                                             r"got \[5\]"):
+        with pytest.raises(ValueError, match=r"x must have shape \(m, d\) or \(B, m, d\), "
+                                             r"got \(5,\)"):
+            op(X[:, 0], Y, None, None, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
+        with pytest.raises(ValueError, match=r"x and y must both be batched \(3-D\) or both "
+                                             r"unbatched \(2-D\), got shapes \(5, 2\) and "
+                                             r"\(1, 4, 2\)"):
+            op(X, y, None, None, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
+        with pytest.raises(ValueError, match=r"x_weights must have shape \(1, 5\), got \(5,\)"):
             op(X.unsqueeze(0), y, a[0], b, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
+        with pytest.raises(ValueError, match=r"y_weights must have shape \(4,\), got \(1, 4\)"):
+            op(X, Y, None, b, 0.1, 5, "sqeuclidean", "tensorized", [True] * 4)
 
 
 def test_import_without_the_extension_says_how_to_build_it():

@@ -265,6 +265,13 @@ def test_opcheck_with_gradients_asked_for_on_cuda(op, contiguous):
                           (x, y, a, b, 0.5, 4, "sqeuclidean", "tensorized", [True] * 4))
 
 
+@pytest.mark.parametrize("op", [ops.sinkhorn_cost, ops.sinkhorn_loss], ids=lambda op: op.__name__)
+def test_opcheck_unbatched_without_weights_on_cuda(op):
+    x, y = _cuda(random_problem(6, 5, 2, weighted=False)[:2])
+    torch.library.opcheck(op.default,
+                          (x, y, None, None, 0.5, 4, "sqeuclidean", "tensorized", [True] * 4))
+
+
 def test_compiled_cuda_loss_and_gradients_match_eager():
     from torch.utils._triton import has_triton
 

@@ -76,15 +76,19 @@ def test_online_results_are_bitwise_repeatable():
 
 def test_auto_is_tensorized_until_its_arrays_pass_the_limit(monkeypatch):
     x, y, a, b = random_problem(20, 30, 2)
-    inputs = sk.api.prepare(x, y, a, b)
-    assert sk.api.resolve_backend("auto", inputs, loss=True) == "tensorized"
+    assert sk.api.resolve_backend("auto", x, y, loss=True) == "tensorized"
     # The loss: 4 arrays of max(m, n)^2 float64 = 28800 bytes; the cost: of m n, 19200 bytes.
+    monkeypatch.setattr(sinkhorn_ext.api, "TENSORIZED_MAX_BYTES", 28800)
+    assert sk.api.resolve_backend("auto", x, y, loss=True) == "tensorized"
+    assert sk.api.resolve_backend("auto", x[None], y[None], loss=True) == "tensorized"
+    assert sk.api.resolve_backend("auto", x.expand(2, -1, -1), y.expand(2, -1, -1),
+                                  loss=True) == "online"  # twice the arrays
     monkeypatch.setattr(sinkhorn_ext.api, "TENSORIZED_MAX_BYTES", 28799)
-    assert sk.api.resolve_backend("auto", inputs, loss=True) == "online"
-    assert sk.api.resolve_backend("auto", inputs, loss=False) == "tensorized"
+    assert sk.api.resolve_backend("auto", x, y, loss=True) == "online"
+    assert sk.api.resolve_backend("auto", x, y, loss=False) == "tensorized"
     monkeypatch.setattr(sinkhorn_ext.api, "TENSORIZED_MAX_BYTES", 19199)
-    assert sk.api.resolve_backend("auto", inputs, loss=False) == "online"
-    assert sk.api.resolve_backend("tensorized", inputs, loss=True) == "tensorized"
+    assert sk.api.resolve_backend("auto", x, y, loss=False) == "online"
+    assert sk.api.resolve_backend("tensorized", x, y, loss=True) == "tensorized"
     online = sk.sinkhorn_loss(x, y, x_weights=a, y_weights=b, backend="online")
     torch.testing.assert_close(sk.sinkhorn_loss(x, y, x_weights=a, y_weights=b), online,
                                rtol=0, atol=0)

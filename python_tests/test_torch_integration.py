@@ -64,6 +64,40 @@ def test_op_returns_the_gradients_that_grad_mask_asks_for_equal_to_autograds(op,
 
 
 @pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_op_takes_a_cloud_as_a_batch_of_one_and_none_weights_as_uniform(op, weighted):
+    x, y, a, b = random_problem(7, 5, 3, weighted=weighted)
+    outputs = op(x, y, a, b, 0.5, 6, "sqeuclidean", "tensorized", [True] * 4)
+    uniform = [torch.full((1, count), 1 / count, dtype=x.dtype) for count in (7, 5)]
+    weights = uniform if a is None else [a[None], b[None]]
+    batched = op(x[None], y[None], *weights, 0.5, 6, "sqeuclidean", "tensorized", [True] * 4)
+    for output, expected in zip(outputs, batched):
+        assert output.shape == expected.shape[1:]
+        assert torch.equal(output, expected[0])
+    with FakeTensorMode() as mode:
+        fake = op(*[t if t is None else mode.from_tensor(t) for t in (x, y, a, b)], 0.5, 6,
+                  "sqeuclidean", "tensorized", [True] * 4)
+    assert [t.shape for t in fake] == [t.shape for t in outputs]
+    # Through autograd, with an incoming gradient: the given inputs get theirs, scaled.
+    leaves = [t if t is None else t.clone().requires_grad_() for t in (x, y, a, b)]
+    value = op(*leaves, 0.5, 6, "sqeuclidean")[0]
+    given = [(t, grad) for t, grad in zip(leaves, outputs[1:]) if t is not None]
+    grads = torch.autograd.grad(value * 3, [t for t, _ in given])
+    for grad, (_, expected) in zip(grads, given):
+        assert torch.equal(grad, expected * 3)
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_opcheck_unbatched(op, mask, weighted):
+    x, y, a, b = random_problem(6, 5, 2, weighted=weighted)
+    torch.library.opcheck(op.default, (x, y, a, b, 0.5, 4, "sqeuclidean", "tensorized", mask))
+    leaves = [t if t is None else t.requires_grad_() for t in (x, y, a, b)]
+    torch.library.opcheck(op.default, (*leaves, 0.5, 4, "euclidean"))
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.__name__)
 def test_gradients_are_computed_only_where_autograd_will_need_them(op):
     x, y, a, b = random_problem(7, 5, 3, batch=2)
     x.requires_grad_()

@@ -1,10 +1,11 @@
 """Normalises the arguments of the public functions and of the reference.
 
-Both take clouds of shape (m, d) or (B, m, d) and optional weights; the ops work on the
-batched form with explicit weights. Checks on the tensors themselves (dtypes, sizes, weight
-values, eps, iters, cost) are made once, at the op boundary in C++ (csrc/ops/sinkhorn.cpp);
-here are only the checks that normalising needs, and those on Python arguments, and
-`check_tensors`, the op boundary's checks for the pure-PyTorch losses that have no op.
+Both take clouds of shape (m, d) or (B, m, d) and optional weights, as the ops do; the
+PyTorch losses work on the batched form with explicit weights (`prepare`). Checks on the
+tensors themselves (dtypes, sizes, weight values, eps, iters, cost) are made once, at the op
+boundary in C++ (csrc/ops/sinkhorn.cpp); here are only the checks that normalising needs, and
+those on Python arguments, and `check_tensors`, the op boundary's checks for the pure-PyTorch
+losses that have no op.
 """
 
 from __future__ import annotations
@@ -60,21 +61,20 @@ def _cloud(t, name: str, rows: str) -> torch.Tensor:
 
 
 def _weights(w, name: str, cloud: torch.Tensor, batched: bool) -> torch.Tensor:
+    """Weights (B, count) for a batched cloud (B, count, d): w in that shape, or uniform."""
     B, count = cloud.shape[0], cloud.shape[1]
     if w is None:
-        # An empty cloud gets empty weights here and its error at the op boundary.
         return torch.full((B, count), 1.0 / max(count, 1), dtype=cloud.dtype, device=cloud.device)
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
     expected = (B, count) if batched else (count,)
     if tuple(w.shape) != expected:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(w.shape)}")
-    if w.dtype in _LOW_PRECISION:
-        w = w.float()
     return w if batched else w.unsqueeze(0)
 
 
-def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
+def op_arguments(x, y, x_weights=None, y_weights=None):
+    """The arguments as the ops take them: clouds (m, d) or (B, m, d), weights or None, in
+    float32 where given in half precision; and the caller's dtype, which results are returned
+    in. Checked only as far as normalising them needs (the op checks the tensors)."""
     x = _cloud(x, "x", "m")
     y = _cloud(y, "y", "n")
     if x.dim() != y.dim():
@@ -84,11 +84,22 @@ def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
         )
     if y.dtype != x.dtype:
         raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
-    batched = x.dim() == 3
     dtype = x.dtype
-    if x.dtype in _LOW_PRECISION:
-        # Half-precision inputs are computed in float32 and the result cast back.
+    if dtype in _LOW_PRECISION:
         x, y = x.float(), y.float()
+    weights = []
+    for w, name in ((x_weights, "x_weights"), (y_weights, "y_weights")):
+        if w is not None and not isinstance(w, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(w).__name__}")
+        weights.append(w.float() if w is not None and w.dtype in _LOW_PRECISION else w)
+    return x, y, weights[0], weights[1], dtype
+
+
+def prepare(x, y, x_weights=None, y_weights=None) -> Inputs:
+    """op_arguments in the batched form, with the weights made explicit: for the losses
+    computed in PyTorch (the reference, MMD)."""
+    x, y, x_weights, y_weights, dtype = op_arguments(x, y, x_weights, y_weights)
+    batched = x.dim() == 3
     if not batched:
         x, y = x.unsqueeze(0), y.unsqueeze(0)
     return Inputs(

@@ -38,15 +38,17 @@ def check_device(device: torch.device) -> None:
 
 def _fake(x, y, x_weights, y_weights, eps, iters, cost, backend="tensorized",
           grad_mask=(False,) * 4):
-    """The fake kernel of both ops (same schema): the value (B,), then for each input the
-    gradient of the value's sum, of its shape where grad_mask asks for it and empty (0,)
-    elsewhere."""
-    torch._check(x.dim() == 3 and y.dim() == 3, lambda: "x and y must be 3-D")
-    torch._check(x.shape[0] == y.shape[0], lambda: "x and y must have the same batch size")
-    inputs = (x, y, x_weights, y_weights)
-    return (x.new_empty(x.shape[0]),
-            *(t.new_empty(t.shape) if wanted else t.new_empty(0)
-              for t, wanted in zip(inputs, grad_mask)))
+    """The fake kernel of both ops (same schema): the value, () for clouds (m, d) or (B,) for
+    batches (B, m, d), then for each input the gradient of the value's sum, of the input's
+    shape where grad_mask asks for it (for None weights, the shape they would have) and empty
+    (0,) elsewhere."""
+    torch._check(x.dim() in (2, 3) and y.dim() == x.dim(),
+                 lambda: "x and y must both be (m, d) or both (B, m, d)")
+    torch._check(x.dim() == 2 or x.shape[0] == y.shape[0],
+                 lambda: "x and y must have the same batch size")
+    shapes = (x.shape, y.shape, x.shape[:-1], y.shape[:-1])
+    return (x.new_empty(x.shape[:-2]),
+            *(x.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, grad_mask)))
 
 
 for _name in ("sinkhorn_cost", "sinkhorn_loss"):

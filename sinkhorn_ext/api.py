@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sinkhorn_ext._inputs import Inputs, check_backend, check_options, prepare
+from sinkhorn_ext._inputs import check_backend, check_options, op_arguments
 from sinkhorn_ext._ops import check_device, ops
 
 DEFAULT_EPS = 0.1
@@ -19,21 +19,17 @@ DEFAULT_ITERS = 20
 TENSORIZED_MAX_BYTES = 2**30
 
 
-def resolve_backend(backend: str, inputs: Inputs, *, loss: bool) -> str:
-    """The backend that `backend` names for these inputs (from _inputs.prepare) of
+def resolve_backend(backend: str, x: torch.Tensor, y: torch.Tensor, *, loss: bool) -> str:
+    """The backend that `backend` names for the clouds x, y (as op_arguments gives them) of
     sinkhorn_loss (loss=True) or sinkhorn_cost: itself, or for "auto" the one the rule above
     picks."""
     if backend != "auto":
         return backend
-    batch, m, n = inputs.x.shape[0], inputs.x.shape[1], inputs.y.shape[1]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    m, n = x.shape[-2], y.shape[-2]
     pairs = max(m, n) ** 2 if loss else m * n
-    size = 4 * batch * pairs * inputs.x.element_size()
+    size = 4 * batch * pairs * x.element_size()
     return "online" if size > TENSORIZED_MAX_BYTES else "tensorized"
-
-
-def _cost(x, y, x_weights, y_weights, eps, iters, cost, backend) -> torch.Tensor:
-    check_device(x.device)
-    return ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost, backend)[0]
 
 
 def sinkhorn_cost(
@@ -70,11 +66,11 @@ def sinkhorn_cost(
     """
     check_options(eps, iters, cost)
     check_backend(backend)
-    inputs = prepare(x, y, x_weights, y_weights)
-    return inputs.finish(
-        _cost(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, eps, iters, cost,
-              resolve_backend(backend, inputs, loss=False))
-    )
+    x, y, x_weights, y_weights, dtype = op_arguments(x, y, x_weights, y_weights)
+    check_device(x.device)
+    value = ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost,
+                              resolve_backend(backend, x, y, loss=False))[0]
+    return value.to(dtype)
 
 
 def sinkhorn_loss(
@@ -95,10 +91,10 @@ def sinkhorn_loss(
     """
     check_options(eps, iters, cost)
     check_backend(backend)
-    inputs = prepare(x, y, x_weights, y_weights)
-    check_device(inputs.x.device)
+    x, y, x_weights, y_weights, dtype = op_arguments(x, y, x_weights, y_weights)
+    check_device(x.device)
     # One op for the three terms: one call, one saved context, and on the CPU the three
     # problems run at once when they are small.
-    loss = ops.sinkhorn_loss(inputs.x, inputs.y, inputs.x_weights, inputs.y_weights, float(eps),
-                             iters, cost, resolve_backend(backend, inputs, loss=True))[0]
-    return inputs.finish(loss)
+    loss = ops.sinkhorn_loss(x, y, x_weights, y_weights, float(eps), iters, cost,
+                             resolve_backend(backend, x, y, loss=True))[0]
+    return loss.to(dtype)

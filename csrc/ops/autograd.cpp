@@ -12,7 +12,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <optional>
 #include <vector>
 
 #include "ops/sinkhorn.h"
@@ -25,7 +27,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The schema of both ops in TORCH_LIBRARY(sinkhorn_ext) (ops/sinkhorn.cpp).
-using Op = Outputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, int64_t,
+using Weights = std::optional<Tensor>;
+using Op = Outputs(const Tensor&, const Tensor&, const Weights&, const Weights&, double, int64_t,
                    c10::string_view, c10::string_view, std::array<bool, 4>);
 using OpHandle = c10::TypedOperatorHandle<Op>;
 
@@ -46,7 +49,7 @@ const OpHandle& loss_op() {
 // error instead. The input the gradients are of is an argument, unused, so that the
 // product is a function of it in a graph that create_graph=True records.
 struct GradientProduct : public torch::autograd::Function<GradientProduct> {
-  // incoming (B,) times the gradients (B, ...) of the B values.
+  // incoming, () or (B,), times the gradients, (...) or (B, ...), of its values.
   static variable_list forward(AutogradContext*, const Tensor& incoming,
                                const Tensor& gradients, const Tensor& /*input*/) {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -54,7 +57,7 @@ struct GradientProduct : public torch::autograd::Function<GradientProduct> {
   }
   static Tensor product(const Tensor& incoming, const Tensor& gradients) {
     std::vector<int64_t> shape(gradients.dim(), 1);
-    shape[0] = gradients.size(0);
+    std::copy(incoming.sizes().begin(), incoming.sizes().end(), shape.begin());
     return gradients * incoming.reshape(shape);
   }
   static variable_list backward(AutogradContext*, variable_list) {
@@ -69,14 +72,15 @@ struct GradientProduct : public torch::autograd::Function<GradientProduct> {
 template <const OpHandle& (*op)()>
 struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction<op>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y,
-                               const Tensor& x_weights, const Tensor& y_weights, double eps,
+                               const Weights& x_weights, const Weights& y_weights, double eps,
                                int64_t iters, c10::string_view cost, c10::string_view backend,
                                std::array<bool, 4> grad_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [value, gx, gy, gxw, gyw] =
         op().call(x, y, x_weights, y_weights, eps, iters, cost, backend, grad_mask);
     ctx->mark_non_differentiable({gx, gy, gxw, gyw});
-    ctx->save_for_backward({gx, gy, gxw, gyw, x, y, x_weights, y_weights});
+    ctx->save_for_backward(
+        {gx, gy, gxw, gyw, x, y, x_weights.value_or(Tensor()), y_weights.value_or(Tensor())});
     ctx->set_materialize_grads(false);  // no incoming gradient: none out
     return {value, gx, gy, gxw, gyw};
   }
@@ -88,9 +92,11 @@ struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction<op>>
     // Only a graph being recorded (create_graph=True) needs the product's own node, which
     // costs more than the product itself.
     const bool recording = at::GradMode::is_enabled();
-    for (int k = 0; k < 4; ++k) {
-      if (!ctx->needs_input_grad(k)) continue;
-      out[k] = recording ? GradientProduct::apply(grads[0], saved[k], saved[4 + k])[0]
+    // The graph's edges are those of the inputs given: weights left None have none.
+    for (int k = 0, edge = 0; k < 4; ++k) {
+      const Tensor& input = saved[4 + k];
+      if (!input.defined() || !ctx->needs_input_grad(edge++)) continue;
+      out[k] = recording ? GradientProduct::apply(grads[0], saved[k], input)[0]
                          : GradientProduct::product(grads[0], saved[k]);
     }
     return out;
@@ -98,14 +104,15 @@ struct SinkhornFunction : public torch::autograd::Function<SinkhornFunction<op>>
 };
 
 template <const OpHandle& (*op)()>
-Outputs with_derivative(const Tensor& x, const Tensor& y, const Tensor& x_weights,
-                        const Tensor& y_weights, double eps, int64_t iters, c10::string_view cost,
+Outputs with_derivative(const Tensor& x, const Tensor& y, const Weights& x_weights,
+                        const Weights& y_weights, double eps, int64_t iters, c10::string_view cost,
                         c10::string_view backend, std::array<bool, 4> grad_mask) {
   // Autograd will need the gradients of the inputs that require one.
   const bool recording = at::GradMode::is_enabled();
-  const std::array<const Tensor*, 4> inputs = {&x, &y, &x_weights, &y_weights};
-  for (int k = 0; k < 4; ++k)
-    grad_mask[k] = grad_mask[k] || (recording && inputs[k]->requires_grad());
+  auto requires_grad = [](const Weights& w) { return w.has_value() && w->requires_grad(); };
+  const std::array<bool, 4> required = {x.requires_grad(), y.requires_grad(),
+                                        requires_grad(x_weights), requires_grad(y_weights)};
+  for (int k = 0; k < 4; ++k) grad_mask[k] = grad_mask[k] || (recording && required[k]);
   const variable_list out = SinkhornFunction<op>::apply(x, y, x_weights, y_weights, eps, iters,
                                                         cost, backend, grad_mask);
   return {out[0], out[1], out[2], out[3], out[4]};

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -33,30 +35,40 @@ bool parse_backend(const Kernels& kernels, std::string_view backend) {
   return online;
 }
 
-void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
-  TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape (B, ", rows, ", d), got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-                   " must be a float32 or float64 tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.size(0) >= 1, name, " must contain at least one problem (B >= 1), got shape ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.size(1) >= 1, name, " must contain at least one point, got shape ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.size(2) >= 1, name, " must have at least one feature, got shape ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.size(1) <= std::numeric_limits<int>::max(), name, " has too many points (",
-                    t.size(1), ")");
-  TORCH_CHECK_VALUE(t.size(2) <= std::numeric_limits<int>::max(), name, " has too many features (",
-                    t.size(2), ")");
+// sizes as Python writes a shape: (5,), (2, 4).
+std::string shape_of(at::IntArrayRef sizes) {
+  std::string out = "(";
+  for (std::size_t k = 0; k < sizes.size(); ++k)
+    out += (k ? ", " : "") + std::to_string(sizes[k]);
+  return out + (sizes.size() == 1 ? ",)" : ")");
 }
 
-// max_b |sum_k w[b, k] - 1| and whether every entry is >= 0 (NaN is not), read on the host
-// without dispatching tensor ops: on the CPU these checks would otherwise cost more than a
-// small problem's kernels.
+// A cloud (m, d), or a batch of them (B, m, d).
+void check_cloud(const at::Tensor& t, const char* name, const char* rows) {
+  TORCH_CHECK_VALUE(t.dim() == 2 || t.dim() == 3, name, " must have shape (", rows, ", d) or (B, ",
+                    rows, ", d), got ", shape_of(t.sizes()));
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+                   " must be a float32 or float64 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 2 || t.size(0) >= 1, name,
+                    " must contain at least one problem (B >= 1), got shape ", shape_of(t.sizes()));
+  TORCH_CHECK_VALUE(t.size(-2) >= 1, name, " must contain at least one point, got shape ",
+                    shape_of(t.sizes()));
+  TORCH_CHECK_VALUE(t.size(-1) >= 1, name, " must have at least one feature, got shape ",
+                    shape_of(t.sizes()));
+  TORCH_CHECK_VALUE(t.size(-2) <= std::numeric_limits<int>::max(), name,
+                    " has too many points (", t.size(-2), ")");
+  TORCH_CHECK_VALUE(t.size(-1) <= std::numeric_limits<int>::max(), name,
+                    " has too many features (", t.size(-1), ")");
+}
+
+// max_b |sum_k w[b, k] - 1| over the rows of count weights of w, and whether every entry is
+// >= 0 (NaN is not), read on the host without dispatching tensor ops: on the CPU these checks
+// would otherwise cost more than a small problem's kernels.
 template <typename T>
-std::pair<bool, double> weight_stats_on_host(const at::Tensor& w) {
+std::pair<bool, double> weight_stats_on_host(const at::Tensor& w, int64_t count) {
   const at::Tensor c = w.contiguous();
   const T* data = c.const_data_ptr<T>();
-  const int64_t rows = c.size(0), count = c.size(1);
+  const int64_t rows = c.numel() / count;
   bool nonnegative = true;
   double max_deviation = 0;
   for (int64_t b = 0; b < rows; ++b) {
@@ -70,26 +82,30 @@ std::pair<bool, double> weight_stats_on_host(const at::Tensor& w) {
   return {nonnegative, max_deviation};
 }
 
-// Weights must be probability vectors: (B, rows), nonnegative, each summing to 1. On a GPU
-// the values are read back (a device synchronisation).
-void check_weights(const at::Tensor& w, const char* name, const at::Tensor& cloud,
-                   const char* rows) {
+// Weights, where given, must be probability vectors, one per cloud of the batch: of the shape
+// of their points without the last dimension, nonnegative, each summing to 1. On a GPU the
+// values are read back (a device synchronisation).
+void check_weights(const std::optional<at::Tensor>& weights, const char* name,
+                   const at::Tensor& cloud) {
+  if (!weights.has_value()) return;
+  const at::Tensor& w = *weights;
   TORCH_CHECK_TYPE(w.scalar_type() == cloud.scalar_type(), name, " must have the dtype of its ",
                    "points (", cloud.scalar_type(), "), got ", w.scalar_type());
   TORCH_CHECK_VALUE(w.device() == cloud.device(), name, " must be on the device of its points (",
                     cloud.device(), "), got ", w.device());
-  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(0) == cloud.size(0) && w.size(1) == cloud.size(1),
-                    name, " must have shape (B, ", rows, ") = (", cloud.size(0), ", ",
-                    cloud.size(1), "), got ", w.sizes());
+  const at::IntArrayRef expected = cloud.sizes().slice(0, cloud.dim() - 1);
+  TORCH_CHECK_VALUE(w.sizes() == expected, name, " must have shape ", shape_of(expected),
+                    ", got ", shape_of(w.sizes()));
+  const int64_t count = cloud.size(-2);
   bool nonnegative;
   double max_deviation;
   if (w.is_cpu()) {
     std::tie(nonnegative, max_deviation) =
-        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w)
-                                       : weight_stats_on_host<float>(w);
+        w.scalar_type() == at::kDouble ? weight_stats_on_host<double>(w, count)
+                                       : weight_stats_on_host<float>(w, count);
   } else {
     nonnegative = w.ge(0).all().item<bool>();
-    max_deviation = (w.sum(1) - 1).abs().max().item<double>();
+    max_deviation = (w.reshape({-1, count}).sum(1) - 1).abs().max().item<double>();
   }
   TORCH_CHECK_VALUE(nonnegative, name, " must be nonnegative and finite (a probability vector)");
   // Summation in float32 loses about 1e-7 * log2(m) relative; weights computed in half
@@ -99,20 +115,24 @@ void check_weights(const at::Tensor& w, const char* name, const at::Tensor& clou
                     max_deviation, ")");
 }
 
-void check_common(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                  const at::Tensor& y_weights, double eps) {
+void check_common(const at::Tensor& x, const at::Tensor& y,
+                  const std::optional<at::Tensor>& x_weights,
+                  const std::optional<at::Tensor>& y_weights, double eps) {
   check_cloud(x, "x", "m");
   check_cloud(y, "y", "n");
+  TORCH_CHECK_VALUE(x.dim() == y.dim(), "x and y must both be batched (3-D) or both unbatched ",
+                    "(2-D), got shapes ", shape_of(x.sizes()), " and ", shape_of(y.sizes()));
   TORCH_CHECK_TYPE(y.scalar_type() == x.scalar_type(), "y must have the dtype of x (",
                    x.scalar_type(), "), got ", y.scalar_type());
   TORCH_CHECK_VALUE(y.device() == x.device(), "y must be on the device of x (", x.device(),
                     "), got ", y.device());
-  TORCH_CHECK_VALUE(x.size(0) == y.size(0), "x and y must have the same batch size, got ",
-                    x.size(0), " and ", y.size(0));
-  TORCH_CHECK_VALUE(x.size(2) == y.size(2), "x and y must have the same feature dimension d, got ",
-                    x.size(2), " and ", y.size(2));
-  check_weights(x_weights, "x_weights", x, "m");
-  check_weights(y_weights, "y_weights", y, "n");
+  TORCH_CHECK_VALUE(x.dim() == 2 || x.size(0) == y.size(0),
+                    "x and y must have the same batch size, got ", x.size(0), " and ", y.size(0));
+  TORCH_CHECK_VALUE(x.size(-1) == y.size(-1),
+                    "x and y must have the same feature dimension d, got ", x.size(-1), " and ",
+                    y.size(-1));
+  check_weights(x_weights, "x_weights", x);
+  check_weights(y_weights, "y_weights", y);
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
 }
 
@@ -127,6 +147,7 @@ struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
   at::Tensor kept_costs;     // C (B, m, n) kept for the forward and the backward, if defined
+  bool batched = true;       // the caller gave (B, m, d) clouds, not (m, d)
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
   bool needs_grad = false;   // the backward runs after the forward
   bool needs_grad_y = true;  // the backward computes grad_y (unless x_is_y)
@@ -135,12 +156,28 @@ struct Problem {
   int64_t batch() const { return x.size(0); }
   int64_t m() const { return x.size(1); }
   int64_t n() const { return y.size(1); }
+  // The shape the caller sees for one of sizes (batched): without B for unbatched input.
+  at::IntArrayRef as_given(at::IntArrayRef sizes) const {
+    return batched ? sizes : sizes.slice(1);
+  }
 };
 
-// W(x, y), with the backward that grad_mask asks for.
-Problem make_problem(const at::Tensor& x, const at::Tensor& y, const at::Tensor& x_weights,
-                     const at::Tensor& y_weights, std::array<bool, 4> grad_mask) {
-  Problem pr{x.contiguous(), y.contiguous(), x_weights.contiguous(), y_weights.contiguous()};
+// W(x, y), with the backward that grad_mask asks for: the clouds (B, m, d), their weights
+// (B, m), uniform where not given.
+Problem make_problem(const at::Tensor& x, const at::Tensor& y,
+                     const std::optional<at::Tensor>& x_weights,
+                     const std::optional<at::Tensor>& y_weights, std::array<bool, 4> grad_mask) {
+  const bool batched = x.dim() == 3;
+  auto batch_of = [&](const at::Tensor& t) { return (batched ? t : t.unsqueeze(0)).contiguous(); };
+  auto weights_of = [&](const std::optional<at::Tensor>& w, const at::Tensor& cloud) {
+    if (w.has_value()) return batch_of(*w);
+    return at::full({cloud.size(0), cloud.size(1)}, 1.0 / static_cast<double>(cloud.size(1)),
+                    cloud.options());
+  };
+  Problem pr{batch_of(x), batch_of(y)};
+  pr.x_weights = weights_of(x_weights, pr.x);
+  pr.y_weights = weights_of(y_weights, pr.y);
+  pr.batched = batched;
   pr.needs_grad = grad_mask[0] || grad_mask[1] || grad_mask[2] || grad_mask[3];
   pr.needs_grad_y = grad_mask[1];
   return pr;
@@ -234,7 +271,7 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     if (!online && kernels.keeps_costs != nullptr &&
         kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad))
       pr.kept_costs = scratch({pr.batch(), pr.m(), pr.n()}, opts);
-    costs.push_back(at::empty({pr.batch()}, opts));
+    costs.push_back(at::empty(pr.as_given({pr.batch()}), opts));
     pr.u_history = scratch({pr.batch(), iters, pr.m()}, opts);
     pr.v_history = scratch({pr.batch(), iters, pr.n()}, opts);
     if (!pr.needs_grad) {
@@ -244,8 +281,9 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     }
     grad_costs.push_back(at::full({pr.batch()}, pr.grad_factor, opts));
     const bool grad_y = pr.needs_grad_y && !pr.x_is_y;
-    grads.push_back({at::empty_like(pr.x), grad_y ? at::empty_like(pr.y) : at::Tensor(),
-                     at::empty_like(pr.x_weights), at::empty_like(pr.y_weights)});
+    auto given = [&](const at::Tensor& t) { return at::empty(pr.as_given(t.sizes()), opts); };
+    grads.push_back({given(pr.x), grad_y ? given(pr.y) : at::Tensor(), given(pr.x_weights),
+                     given(pr.y_weights)});
   }
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn", [&] {
     // Kept costs first, each on all threads: where they dominate (BLAS products at large d),
@@ -333,7 +371,8 @@ struct Call {
 };
 
 Call check_call(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                const std::optional<at::Tensor>& x_weights,
+                const std::optional<at::Tensor>& y_weights, double eps,
                 int64_t iters, std::string_view cost, std::string_view backend) {
   check_common(x, y, x_weights, y_weights, eps);
   check_iters(iters);
@@ -352,7 +391,8 @@ Outputs outputs(const at::Tensor& value, const Gradients& g, std::array<bool, 4>
 }  // namespace
 
 Outputs sinkhorn_cost(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      const std::optional<at::Tensor>& x_weights,
+                      const std::optional<at::Tensor>& y_weights, double eps,
                       int64_t iters, std::string_view cost_name, std::string_view backend,
                       std::array<bool, 4> grad_mask) {
   const Call call =
@@ -363,14 +403,16 @@ Outputs sinkhorn_cost(const Kernels& kernels, const at::Tensor& x, const at::Ten
 }
 
 Outputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      const std::optional<at::Tensor>& x_weights,
+                      const std::optional<at::Tensor>& y_weights, double eps,
                       int64_t iters, std::string_view cost_name, std::string_view backend,
                       std::array<bool, 4> grad_mask) {
   const Call call =
       check_call(kernels, x, y, x_weights, y_weights, eps, iters, cost_name, backend);
   const Problem xy = make_problem(x, y, x_weights, y_weights, grad_mask);
-  auto self_term = [](const at::Tensor& cloud, const at::Tensor& weights) {
+  auto self_term = [&](const at::Tensor& cloud, const at::Tensor& weights) {
     Problem pr{cloud, cloud, weights, weights};
+    pr.batched = xy.batched;
     pr.x_is_y = true;
     return pr;
   };
@@ -403,15 +445,18 @@ Outputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Ten
 }  // namespace sinkhorn::ops
 
 TORCH_LIBRARY(sinkhorn_ext, m) {
-  // Outputs: the value (B,) and the gradients of its sum with respect to x, y, x_weights,
-  // y_weights where grad_mask asks for them, empty (0,) elsewhere (ops/sinkhorn.h).
+  // Clouds (m, d) and (n, d), or batches (B, m, d) and (B, n, d); weights (m,), (n,) or
+  // (B, m), (B, n), uniform where None. Outputs: the value, () or (B,), and the gradients of
+  // its sum with respect to x, y, x_weights, y_weights where grad_mask asks for them (in the
+  // shape of the input, or for None weights of what they would have), empty (0,) elsewhere
+  // (ops/sinkhorn.h).
   m.def(
-      "sinkhorn_cost(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
+      "sinkhorn_cost(Tensor x, Tensor y, Tensor? x_weights, Tensor? y_weights, float eps, "
       "int iters, str cost, str backend=\"tensorized\", "
       "bool[4] grad_mask=[False, False, False, False]) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "sinkhorn_loss(Tensor x, Tensor y, Tensor x_weights, Tensor y_weights, float eps, "
+      "sinkhorn_loss(Tensor x, Tensor y, Tensor? x_weights, Tensor? y_weights, float eps, "
       "int iters, str cost, str backend=\"tensorized\", "
       "bool[4] grad_mask=[False, False, False, False]) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <optional>
 #include <cstdint>
 #include <string_view>
 #include <tuple>
@@ -58,8 +59,10 @@ struct Kernels {
   }
 };
 
-// The ops' outputs: the value (B,) and, for each of x, y, x_weights, y_weights that grad_mask
-// names, the gradient of the value's sum with respect to it (each problem of the batch
+// The ops' inputs: clouds (m, d) and (n, d), or batches of them (B, m, d) and (B, n, d), and
+// their weights, (m,) and (n,) or (B, m) and (B, n), uniform where not given. Their outputs:
+// the value, () or (B,), and, for each of x, y, x_weights, y_weights that grad_mask names, the
+// gradient of the value's sum with respect to it, in its shape (each problem of the batch
 // depends on its own inputs alone, so that is the gradient of each value), empty (0,) for the
 // others. The gradients are computed in the same call, by the replay of DESIGN.md section 1
 // run right after the forward, on its potentials and, where kept, its costs.
@@ -67,14 +70,16 @@ using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::T
 
 // sinkhorn_ext::sinkhorn_cost: W_L(x, y).
 Outputs sinkhorn_cost(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      const std::optional<at::Tensor>& x_weights,
+                      const std::optional<at::Tensor>& y_weights, double eps,
                       int64_t iters, std::string_view cost, std::string_view backend,
                       std::array<bool, 4> grad_mask);
 
 // sinkhorn_ext::sinkhorn_loss: 2 W_L(x, y) - W_L(x, x) - W_L(y, y). W(x, x) is replayed only
 // for the gradients of x and its weights, W(y, y) only for those of y.
 Outputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Tensor& y,
-                      const at::Tensor& x_weights, const at::Tensor& y_weights, double eps,
+                      const std::optional<at::Tensor>& x_weights,
+                      const std::optional<at::Tensor>& y_weights, double eps,
                       int64_t iters, std::string_view cost, std::string_view backend,
                       std::array<bool, 4> grad_mask);
 

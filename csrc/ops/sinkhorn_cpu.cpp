@@ -35,7 +35,8 @@ constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backw
 std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
 
 Outputs sinkhorn_cost_cpu(const at::Tensor& x, const at::Tensor& y,
-                          const at::Tensor& x_weights, const at::Tensor& y_weights,
+                          const std::optional<at::Tensor>& x_weights,
+                          const std::optional<at::Tensor>& y_weights,
                           double eps, int64_t iters, c10::string_view cost,
                           c10::string_view backend, std::array<bool, 4> grad_mask) {
   return sinkhorn_cost(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost),
@@ -43,7 +44,8 @@ Outputs sinkhorn_cost_cpu(const at::Tensor& x, const at::Tensor& y,
 }
 
 Outputs sinkhorn_loss_cpu(const at::Tensor& x, const at::Tensor& y,
-                          const at::Tensor& x_weights, const at::Tensor& y_weights,
+                          const std::optional<at::Tensor>& x_weights,
+                          const std::optional<at::Tensor>& y_weights,
                           double eps, int64_t iters, c10::string_view cost,
                           c10::string_view backend, std::array<bool, 4> grad_mask) {
   return sinkhorn_loss(kCpuKernels, x, y, x_weights, y_weights, eps, iters, view(cost),

@@ -38,7 +38,8 @@ constexpr Kernels kCudaKernels{{forward<float>, backward<float>, nullptr},
 std::string_view view(c10::string_view s) { return {s.data(), s.size()}; }
 
 Outputs sinkhorn_cost_cuda(const at::Tensor& x, const at::Tensor& y,
-                           const at::Tensor& x_weights, const at::Tensor& y_weights,
+                           const std::optional<at::Tensor>& x_weights,
+                           const std::optional<at::Tensor>& y_weights,
                            double eps, int64_t iters, c10::string_view cost,
                            c10::string_view backend, std::array<bool, 4> grad_mask) {
   const c10::cuda::CUDAGuard device_guard(x.device());
@@ -47,7 +48,8 @@ Outputs sinkhorn_cost_cuda(const at::Tensor& x, const at::Tensor& y,
 }
 
 Outputs sinkhorn_loss_cuda(const at::Tensor& x, const at::Tensor& y,
-                           const at::Tensor& x_weights, const at::Tensor& y_weights,
+                           const std::optional<at::Tensor>& x_weights,
+                           const std::optional<at::Tensor>& y_weights,
                            double eps, int64_t iters, c10::string_view cost,
                            c10::string_view backend, std::array<bool, 4> grad_mask) {
   const c10::cuda::CUDAGuard device_guard(x.device());
