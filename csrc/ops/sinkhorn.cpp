@@ -156,7 +156,7 @@ struct Problem {
   int64_t batch() const { return x.size(0); }
   int64_t m() const { return x.size(1); }
   int64_t n() const { return y.size(1); }
-  // The shape the caller sees for one of sizes (batched): without B for unbatched input.
+  // Sizes of the batched form as the caller gave them: without B for unbatched input.
   at::IntArrayRef as_given(at::IntArrayRef sizes) const {
     return batched ? sizes : sizes.slice(1);
   }
