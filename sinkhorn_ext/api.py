@@ -70,7 +70,7 @@ def sinkhorn_cost(
     check_device(x.device)
     value = ops.sinkhorn_cost(x, y, x_weights, y_weights, float(eps), iters, cost,
                               resolve_backend(backend, x, y, loss=False))[0]
-    return value.to(dtype)
+    return value if value.dtype == dtype else value.to(dtype)
 
 
 def sinkhorn_loss(
@@ -97,4 +97,4 @@ def sinkhorn_loss(
     # problems run at once when they are small.
     loss = ops.sinkhorn_loss(x, y, x_weights, y_weights, float(eps), iters, cost,
                              resolve_backend(backend, x, y, loss=True))[0]
-    return loss.to(dtype)
+    return loss if loss.dtype == dtype else loss.to(dtype)
