@@ -64,6 +64,7 @@ def _weights(w, name: str, cloud: torch.Tensor, batched: bool) -> torch.Tensor:
     """Weights (B, count) for a batched cloud (B, count, d): w in that shape, or uniform."""
     B, count = cloud.shape[0], cloud.shape[1]
     if w is None:
+        # An empty cloud gets empty weights here and its error later (check_tensors).
         return torch.full((B, count), 1.0 / max(count, 1), dtype=cloud.dtype, device=cloud.device)
     expected = (B, count) if batched else (count,)
     if tuple(w.shape) != expected:
