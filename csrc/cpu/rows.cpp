@@ -273,9 +273,11 @@ bool has_avx512() {
 }
 #endif
 
-template <typename T>
-SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, int rows, long stride, int width,
-                                      const T* __restrict__ v, T* __restrict__ acc) {
+// With Product, each row is the elementwise product of a row of M and one of P.
+template <typename T, bool Product>
+SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, long stride,
+                                      const T* __restrict__ P, long p_stride, int rows,
+                                      int width, const T* __restrict__ v, T* __restrict__ acc) {
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
     const T* __restrict__ m0 = M + r * stride;
@@ -283,14 +285,45 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, int rows, long st
     const T* __restrict__ m2 = m1 + stride;
     const T* __restrict__ m3 = m2 + stride;
     const T v0 = v[r], v1 = v[r + 1], v2 = v[r + 2], v3 = v[r + 3];
+    if (Product) {
+      const T* __restrict__ p0 = P + r * p_stride;
+      const T* __restrict__ p1 = p0 + p_stride;
+      const T* __restrict__ p2 = p1 + p_stride;
+      const T* __restrict__ p3 = p2 + p_stride;
 #pragma omp simd
-    for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c] + v1 * m1[c] + v2 * m2[c] + v3 * m3[c];
+      for (int c = 0; c < width; ++c)
+        acc[c] += v0 * (m0[c] * p0[c]) + v1 * (m1[c] * p1[c]) + v2 * (m2[c] * p2[c]) +
+                  v3 * (m3[c] * p3[c]);
+    } else {
+#pragma omp simd
+      for (int c = 0; c < width; ++c)
+        acc[c] += v0 * m0[c] + v1 * m1[c] + v2 * m2[c] + v3 * m3[c];
+    }
   }
   for (; r < rows; ++r) {
     const T* __restrict__ m0 = M + r * stride;
+    const T* __restrict__ p0 = Product ? P + r * p_stride : nullptr;
     const T v0 = v[r];
 #pragma omp simd
-    for (int c = 0; c < width; ++c) acc[c] += v0 * m0[c];
+    for (int c = 0; c < width; ++c) acc[c] += v0 * (Product ? m0[c] * p0[c] : m0[c]);
+  }
+}
+
+template <typename T>
+SK_INLINE void scaling_gradient_row_impl(T* __restrict__ K_row, const T* __restrict__ rank_row,
+                                         const T* __restrict__ C_row, T t_row,
+                                         const T* __restrict__ t_column, T inv_eps, int n,
+                                         Cost cost) {
+  if (cost == Cost::kSqEuclidean) {
+#pragma omp simd
+    for (int c = 0; c < n; ++c)
+      K_row[c] = K_row[c] * (rank_row[c] + t_row * t_column[c] * (T(1) - C_row[c] * inv_eps)) *
+                 T(2);
+  } else {
+#pragma omp simd
+    for (int c = 0; c < n; ++c)
+      K_row[c] = K_row[c] * (rank_row[c] + t_row * t_column[c] * (T(1) - C_row[c] * inv_eps)) *
+                 cost_slope(C_row[c], Cost::kEuclidean);
   }
 }
 
@@ -421,7 +454,17 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
   }                                                                                          \
   SK_CPU_CLONES void matvec_transposed(const T* M, int rows, long stride, int width,         \
                                        const T* v, T* acc) {                                 \
-    matvec_transposed_impl(M, rows, stride, width, v, acc);                                  \
+    matvec_transposed_impl<T, false>(M, stride, nullptr, 0, rows, width, v, acc);            \
+  }                                                                                          \
+  SK_CPU_CLONES void matvec_product_transposed(const T* A, long a_stride, const T* B,        \
+                                               long b_stride, int rows, int width,           \
+                                               const T* v, T* acc) {                         \
+    matvec_transposed_impl<T, true>(A, a_stride, B, b_stride, rows, width, v, acc);          \
+  }                                                                                          \
+  SK_CPU_CLONES void scaling_gradient_row(T* K_row, const T* rank_row, const T* C_row,       \
+                                          T t_row, const T* t_column, T inv_eps, int n,      \
+                                          Cost cost) {                                       \
+    scaling_gradient_row_impl(K_row, rank_row, C_row, t_row, t_column, inv_eps, n, cost);    \
   }                                                                                          \
   SK_CPU_CLONES T squared_distance_by_lanes(const T* a, const T* b, int d) {                 \
     return lane_squared_distance(a, b, d);                                                   \

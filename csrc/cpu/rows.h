@@ -73,6 +73,18 @@ void matvec_transposed(const float* M, int rows, long stride, int width, const f
                        float* acc);
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
                        double* acc);
+// acc_c += sum_r v_r A[r * a_stride + c] B[r * b_stride + c] for c < width: matvec_transposed
+// of the elementwise product of A and B, four rows at a time
+void matvec_product_transposed(const float* A, long a_stride, const float* B, long b_stride,
+                               int rows, int width, const float* v, float* acc);
+void matvec_product_transposed(const double* A, long a_stride, const double* B, long b_stride,
+                               int rows, int width, const double* v, double* acc);
+// A row of H = dW/dC * k(C) for the scaling strategy, over the row of K it overwrites:
+// H_c = K_c (rank_c + t_row t_column_c (1 - C_c inv_eps)) k(C_c), with k of core/cost.h
+void scaling_gradient_row(float* K_row, const float* rank_row, const float* C_row, float t_row,
+                          const float* t_column, float inv_eps, int n, Cost cost);
+void scaling_gradient_row(double* K_row, const double* rank_row, const double* C_row,
+                          double t_row, const double* t_column, double inv_eps, int n, Cost cost);
 // sum_k (a_k - b_k)^2, summed in vector lanes (for large d; core/cost.h squared_distance sums
 // in order)
 float squared_distance_by_lanes(const float* a, const float* b, int d);

@@ -106,19 +106,12 @@ void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int6
     const int64_t width = c1 - c0;
     T* acc = out + b * cols + c0;
     std::fill(acc, acc + width, T(0));
-    thread_local std::vector<T> product;  // C K on a tile
-    product.resize(static_cast<std::size_t>(kTileRows * width));
     for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int64_t r1 = std::min(rows, r0 + kTileRows);
       const auto [C_tile, stride] = C.tile(b, r0, r1, c0, c1, tile_scratch<T>(width));
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* C_row = C_tile + (r - r0) * stride;
-        const T* K_row = K + (b * rows + r) * cols + c0;
-        T* out_row = product.data() + (r - r0) * width;
-        for (int64_t c = 0; c < width; ++c) out_row[c] = C_row[c] * K_row[c];
-      }
-      matvec_transposed(product.data(), static_cast<int>(r1 - r0), width,
-                        static_cast<int>(width), v + b * rows + r0, acc);
+      matvec_product_transposed(C_tile, stride, K + (b * rows + r0) * cols + c0, cols,
+                                static_cast<int>(r1 - r0), static_cast<int>(width),
+                                v + b * rows + r0, acc);
     }
   });
 }
@@ -385,15 +378,9 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
         const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t bi = b * m + i;
-          const T* C_row = C_tile + (i - i0) * stride;
-          const T* rank_row = rank_block.data() + (i - g0) * n;
-          const T t_row = terminal_row[bi];
-          T* H_row = K + bi * n;
-          for (int64_t j = 0; j < n; ++j) {
-            const T dW_dC =
-                H_row[j] * (rank_row[j] + t_row * t_column[j] * (T(1) - C_row[j] * inv_eps));
-            H_row[j] = dW_dC * cost_slope(C_row[j], p.cost);
-          }
+          scaling_gradient_row(K + bi * n, rank_block.data() + (i - g0) * n,
+                               C_tile + (i - i0) * stride, terminal_row[bi], t_column, inv_eps,
+                               static_cast<int>(n), p.cost);
         }
       }
     }

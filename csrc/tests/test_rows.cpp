@@ -1,6 +1,7 @@
 // The products with a vector of csrc/cpu/rows.cpp (matvec: a hand-written AVX-512 kernel
-// where the machine has it, the compiler's otherwise; matvec_transposed) against sums in long
-// double, over shapes around their blocks of rows and their vector widths.
+// where the machine has it, the compiler's otherwise; matvec_transposed and its elementwise
+// product form) against sums in long double, over shapes around their blocks of rows and
+// their vector widths.
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -53,22 +54,32 @@ void check_matvec_matches_exact_sums() {
   }
 }
 
-template <typename T>
+// With Product, matvec_product_transposed: M times P elementwise, P with a stride of its own.
+template <typename T, bool Product>
 void check_matvec_transposed_matches_exact_sums() {
-  std::uint64_t seed = 100;
+  std::uint64_t seed = Product ? 200 : 100;
   for (int rows : kRows) {
     for (int width : kColumns) {
       const long stride = width + 3;  // a block of columns of a wider matrix
+      const long p_stride = width + 5;
       const std::vector<T> M = uniform<T>(rows * stride, seed++);
+      const std::vector<T> P = uniform<T>(rows * p_stride, seed++);
       const std::vector<T> v = uniform<T>(rows, seed++);
       std::vector<T> acc = uniform<T>(width, seed++);  // added to, not overwritten
       const std::vector<T> initial = acc;
-      sinkhorn::cpu::matvec_transposed(M.data(), rows, stride, width, v.data(), acc.data());
+      if (Product) {
+        sinkhorn::cpu::matvec_product_transposed(M.data(), stride, P.data(), p_stride, rows,
+                                                 width, v.data(), acc.data());
+      } else {
+        sinkhorn::cpu::matvec_transposed(M.data(), rows, stride, width, v.data(), acc.data());
+      }
       for (int c = 0; c < width; ++c) {
         long double exact = initial[c], magnitude = std::fabs(initial[c]);
         for (int r = 0; r < rows; ++r) {
-          exact += static_cast<long double>(M[r * stride + c]) * v[r];
-          magnitude += std::fabs(static_cast<long double>(M[r * stride + c]) * v[r]);
+          long double term = static_cast<long double>(M[r * stride + c]) * v[r];
+          if (Product) term *= P[r * p_stride + c];
+          exact += term;
+          magnitude += std::fabs(term);
         }
         SK_CHECK_CLOSE(acc[c], exact, tolerance<T>(magnitude, rows))
             << "rows = " << rows << ", width = " << width << ", column " << c;
@@ -82,8 +93,14 @@ void check_matvec_transposed_matches_exact_sums() {
 SK_TEST(rows, float_matvec_matches_exact_sums) { check_matvec_matches_exact_sums<float>(); }
 SK_TEST(rows, double_matvec_matches_exact_sums) { check_matvec_matches_exact_sums<double>(); }
 SK_TEST(rows, float_matvec_transposed_matches_exact_sums) {
-  check_matvec_transposed_matches_exact_sums<float>();
+  check_matvec_transposed_matches_exact_sums<float, false>();
 }
 SK_TEST(rows, double_matvec_transposed_matches_exact_sums) {
-  check_matvec_transposed_matches_exact_sums<double>();
+  check_matvec_transposed_matches_exact_sums<double, false>();
+}
+SK_TEST(rows, float_matvec_product_transposed_matches_exact_sums) {
+  check_matvec_transposed_matches_exact_sums<float, true>();
+}
+SK_TEST(rows, double_matvec_product_transposed_matches_exact_sums) {
+  check_matvec_transposed_matches_exact_sums<double, true>();
 }
