@@ -144,7 +144,9 @@ template <typename T>
 void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_a,
                           const T* scale, T* grad_a, T* grad_b) {
   const int64_t batch = a.batch, rows = a.count, cols = b.count, d = a.d;
-  if (b_is_a) {  // sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c): the rows of H + H^T
+  // b_is_a: dW/da_r = sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c), the row sums of H and
+  // its column sums, as for grad_b; the products take them as the rows of H + H^T.
+  if (b_is_a && a.by_products()) {
     for (int64_t bi = 0; bi < batch; ++bi) {
       T* Hb = H + bi * rows * rows;
       for_each_equal_area_rows(rows, [&](int64_t start, int64_t stop) {
@@ -187,8 +189,8 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
     for (int64_t k = 0; k < d; ++k)
       grad_a[br * d + k] = scale[bi] * (a.points[br * d + k] * sums[0] - sums[k + 1]);
   });
-  if (grad_b == nullptr) return;
-  // sum_r H_rc and sum_r H_rc a_rk, by blocks of columns.
+  if (grad_b == nullptr && !b_is_a) return;
+  // sum_r H_rc and sum_r H_rc a_rk, by blocks of columns: grad_b, or for b_is_a added to grad_a.
   for_each_column_block(batch, cols, (d + 1) * rows, [&](int64_t bi, int64_t c0, int64_t c1) {
     const int width = static_cast<int>(c1 - c0);
     thread_local std::vector<T> sums;  // (d + 1, width)
@@ -198,9 +200,15 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
                         a.ones_and_coordinates(bi) + k * rows, sums.data() + k * width);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t bc = bi * cols + c;
-      for (int64_t k = 0; k < d; ++k)
-        grad_b[bc * d + k] = scale[bi] * (b.points[bc * d + k] * sums[c - c0] -
-                                          sums[(k + 1) * width + c - c0]);
+      for (int64_t k = 0; k < d; ++k) {
+        const T column_term =
+            scale[bi] * (b.points[bc * d + k] * sums[c - c0] - sums[(k + 1) * width + c - c0]);
+        if (b_is_a) {
+          grad_a[bc * d + k] += column_term;
+        } else {
+          grad_b[bc * d + k] = column_term;
+        }
+      }
     }
   });
 }

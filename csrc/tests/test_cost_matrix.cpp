@@ -74,7 +74,7 @@ void check_self_cost_matrix(int64_t d, Cost cost, double rtol, int64_t rows = 15
 }
 
 // grad_a and grad_b against plain loops, with a per-batch scale; and the self-term, where
-// grad_a gets both arguments' gradients from one contraction of H + H^T.
+// grad_a gets both arguments' gradients: the contraction with H + H^T.
 template <typename T>
 void check_contraction(int64_t d, double rtol) {
   using sinkhorn::cpu::Cloud;
