@@ -14,7 +14,6 @@
 #include <limits>
 #include <vector>
 
-#include "core/cost.h"
 #include "core/softmin.h"
 #include "cpu/blas.h"
 #include "cpu/cost_matrix.h"
