@@ -1,5 +1,6 @@
 #include "cpu/rows.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -131,6 +132,9 @@ struct Avx512<float> {
   SK_AVX512 static Vec zero() { return _mm512_setzero_ps(); }
   SK_AVX512 static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   SK_AVX512 static Vec load(Mask k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+  SK_AVX512 static Vec broadcast(float a) { return _mm512_set1_ps(a); }
+  SK_AVX512 static void store(float* p, Vec a) { _mm512_storeu_ps(p, a); }
+  SK_AVX512 static void store(Mask k, float* p, Vec a) { _mm512_mask_storeu_ps(p, k, a); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
   // The sums of the 16 lanes of each of a[0..7], in order, into out[0..7].
   SK_AVX512 static void store_sums(const Vec* a, float* out) {
@@ -159,6 +163,9 @@ struct Avx512<double> {
   SK_AVX512 static Vec zero() { return _mm512_setzero_pd(); }
   SK_AVX512 static Vec load(const double* p) { return _mm512_loadu_pd(p); }
   SK_AVX512 static Vec load(Mask k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
+  SK_AVX512 static Vec broadcast(double a) { return _mm512_set1_pd(a); }
+  SK_AVX512 static void store(double* p, Vec a) { _mm512_storeu_pd(p, a); }
+  SK_AVX512 static void store(Mask k, double* p, Vec a) { _mm512_mask_storeu_pd(p, k, a); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
   SK_AVX512 static void store_sums(const Vec* a, double* out) {
     Vec quarters[4];  // rows 2q, 2q + 1: 4 partial sums each
@@ -209,6 +216,61 @@ SK_AVX512 void matvec_avx512(const T* M, int rows, int n, const T* v, T* out) {
   for (; r + 8 <= rows; r += 8)
     matvec_rows_avx512<T, 8>(M + static_cast<long>(r) * n, n, v, out + r);
   for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + static_cast<long>(r) * n, n, v, out + r);
+}
+
+// matvec_transposed by hand for AVX-512: a block of up to kColumnVectors vectors of columns
+// stays in registers through all the rows, one multiply-add per element of M, where the
+// compiler's code for matvec_transposed_impl loads and stores acc for every four rows (about
+// 0.75 of its time at 200 columns). Each column sums its rows in order. The last vector of a
+// block is masked to the columns left.
+constexpr int kColumnVectors = 8;
+
+template <typename T, int Vectors>
+SK_AVX512 SK_INLINE void transposed_block_avx512(
+    const T* __restrict__ M, long stride, int rows, typename Avx512<T>::Mask last,
+    const T* __restrict__ v, T* __restrict__ acc) {
+  using V = Avx512<T>;
+  constexpr int W = V::kLanes;
+  typename V::Vec sums[Vectors];
+  // Unrolled, so that the sums stay in registers (GCC 12 otherwise keeps the array in memory).
+#pragma GCC unroll 16
+  for (int q = 0; q < Vectors - 1; ++q) sums[q] = V::load(acc + q * W);
+  sums[Vectors - 1] = V::load(last, acc + (Vectors - 1) * W);
+  for (int r = 0; r < rows; ++r) {
+    const T* __restrict__ row = M + r * stride;
+    const auto vr = V::broadcast(v[r]);
+#pragma GCC unroll 16
+    for (int q = 0; q < Vectors - 1; ++q) sums[q] = V::fma(V::load(row + q * W), vr, sums[q]);
+    sums[Vectors - 1] = V::fma(V::load(last, row + (Vectors - 1) * W), vr, sums[Vectors - 1]);
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < Vectors - 1; ++q) V::store(acc + q * W, sums[q]);
+  V::store(last, acc + (Vectors - 1) * W, sums[Vectors - 1]);
+}
+
+template <typename T>
+SK_AVX512 void matvec_transposed_avx512(const T* M, int rows, long stride, int width,
+                                        const T* v, T* acc) {
+  using V = Avx512<T>;
+  constexpr int W = V::kLanes;
+  for (int c0 = 0; c0 < width; c0 += kColumnVectors * W) {
+    const int left = width - c0;
+    const int vectors = std::min(kColumnVectors, (left + W - 1) / W);
+    const int in_last = std::min(W, left - (vectors - 1) * W);  // columns in the last vector
+    const auto last = static_cast<typename V::Mask>((1u << in_last) - 1);
+    const T* block = M + c0;
+    T* block_acc = acc + c0;
+    switch (vectors) {
+      case 1: transposed_block_avx512<T, 1>(block, stride, rows, last, v, block_acc); break;
+      case 2: transposed_block_avx512<T, 2>(block, stride, rows, last, v, block_acc); break;
+      case 3: transposed_block_avx512<T, 3>(block, stride, rows, last, v, block_acc); break;
+      case 4: transposed_block_avx512<T, 4>(block, stride, rows, last, v, block_acc); break;
+      case 5: transposed_block_avx512<T, 5>(block, stride, rows, last, v, block_acc); break;
+      case 6: transposed_block_avx512<T, 6>(block, stride, rows, last, v, block_acc); break;
+      case 7: transposed_block_avx512<T, 7>(block, stride, rows, last, v, block_acc); break;
+      default: transposed_block_avx512<T, 8>(block, stride, rows, last, v, block_acc);
+    }
+  }
 }
 
 // a in every lane
@@ -452,8 +514,8 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                     T* out) {                                                \
     matvec_impl<T, true>(A, B, rows, n, v, out);                                             \
   }                                                                                          \
-  SK_CPU_CLONES void matvec_transposed(const T* M, int rows, long stride, int width,         \
-                                       const T* v, T* acc) {                                 \
+  SK_CPU_CLONES void matvec_transposed_portable(const T* M, int rows, long stride, int width, \
+                                                const T* v, T* acc) {                        \
     matvec_transposed_impl<T, false>(M, stride, nullptr, 0, rows, width, v, acc);            \
   }                                                                                          \
   SK_CPU_CLONES void matvec_product_transposed(const T* A, long a_stride, const T* B,        \
@@ -498,6 +560,24 @@ void matvec(const float* M, int rows, int n, const float* v, float* out) {
 }
 void matvec(const double* M, int rows, int n, const double* v, double* out) {
   matvec_dispatch(M, rows, n, v, out);
+}
+
+template <typename T>
+void matvec_transposed_dispatch(const T* M, int rows, long stride, int width, const T* v,
+                                T* acc) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512()) return matvec_transposed_avx512(M, rows, stride, width, v, acc);
+#endif
+  matvec_transposed_portable(M, rows, stride, width, v, acc);
+}
+
+void matvec_transposed(const float* M, int rows, long stride, int width, const float* v,
+                       float* acc) {
+  matvec_transposed_dispatch(M, rows, stride, width, v, acc);
+}
+void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
+                       double* acc) {
+  matvec_transposed_dispatch(M, rows, stride, width, v, acc);
 }
 
 template <typename T>

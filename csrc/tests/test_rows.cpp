@@ -1,7 +1,7 @@
-// The products with a vector of csrc/cpu/rows.cpp (matvec: a hand-written AVX-512 kernel
-// where the machine has it, the compiler's otherwise; matvec_transposed and its elementwise
-// product form) against sums in long double, over shapes around their blocks of rows and
-// their vector widths.
+// The products with a vector of csrc/cpu/rows.cpp (matvec and matvec_transposed: hand-written
+// AVX-512 kernels where the machine has them, the compiler's otherwise; the elementwise
+// product forms) against sums in long double, over shapes around their blocks of rows, their
+// vector widths and matvec_transposed's blocks of up to eight vectors of columns.
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -22,9 +22,11 @@ std::vector<T> uniform(std::int64_t count, std::uint64_t seed) {
 }
 
 // Rows 1 to 19 (blocks of four and eight, and what is left over), columns around the vector
-// widths (8 doubles, 16 floats) and an unrolled reduction's 32 lanes.
+// widths (8 doubles, 16 floats), an unrolled reduction's 32 lanes, and blocks of one to
+// eight vectors with one more block after (90 and 100 floats: six and seven vectors; 129:
+// eight and one).
 const int kRows[] = {1, 3, 4, 7, 8, 9, 12, 16, 17, 19};
-const int kColumns[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200};
+const int kColumns[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 90, 100, 129, 200};
 
 // |sum - exact| within a few roundings of sum |terms|.
 template <typename T>
