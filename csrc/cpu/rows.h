@@ -68,7 +68,8 @@ void matvec_product(const float* A, const float* B, int rows, int n, const float
 void matvec_product(const double* A, const double* B, int rows, int n, const double* v,
                     double* out);
 // acc_c += sum_r v_r M[r * stride + c] for c < width: the product of a block of columns of
-// M (rows, stride) with v, four rows at a time
+// M (rows, stride) with v (on AVX-512 by blocks of columns summed in registers over all the
+// rows, elsewhere four rows at a time)
 void matvec_transposed(const float* M, int rows, long stride, int width, const float* v,
                        float* acc);
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
