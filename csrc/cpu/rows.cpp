@@ -132,7 +132,6 @@ struct Avx512<float> {
   SK_AVX512 static Vec zero() { return _mm512_setzero_ps(); }
   SK_AVX512 static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   SK_AVX512 static Vec load(Mask k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
-  SK_AVX512 static Vec broadcast(float a) { return _mm512_set1_ps(a); }
   SK_AVX512 static void store(float* p, Vec a) { _mm512_storeu_ps(p, a); }
   SK_AVX512 static void store(Mask k, float* p, Vec a) { _mm512_mask_storeu_ps(p, k, a); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
@@ -163,7 +162,6 @@ struct Avx512<double> {
   SK_AVX512 static Vec zero() { return _mm512_setzero_pd(); }
   SK_AVX512 static Vec load(const double* p) { return _mm512_loadu_pd(p); }
   SK_AVX512 static Vec load(Mask k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
-  SK_AVX512 static Vec broadcast(double a) { return _mm512_set1_pd(a); }
   SK_AVX512 static void store(double* p, Vec a) { _mm512_storeu_pd(p, a); }
   SK_AVX512 static void store(Mask k, double* p, Vec a) { _mm512_mask_storeu_pd(p, k, a); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
@@ -218,6 +216,10 @@ SK_AVX512 void matvec_avx512(const T* M, int rows, int n, const T* v, T* out) {
   for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + static_cast<long>(r) * n, n, v, out + r);
 }
 
+// a in every lane
+SK_AVX512 SK_INLINE __m512 all(float a) { return _mm512_set1_ps(a); }
+SK_AVX512 SK_INLINE __m512d all(double a) { return _mm512_set1_pd(a); }
+
 // matvec_transposed by hand for AVX-512: a block of up to kColumnVectors vectors of columns
 // stays in registers through all the rows, one multiply-add per element of M, where the
 // compiler's code for matvec_transposed_impl loads and stores acc for every four rows (about
@@ -238,7 +240,7 @@ SK_AVX512 SK_INLINE void transposed_block_avx512(
   sums[Vectors - 1] = V::load(last, acc + (Vectors - 1) * W);
   for (int r = 0; r < rows; ++r) {
     const T* __restrict__ row = M + r * stride;
-    const auto vr = V::broadcast(v[r]);
+    const auto vr = all(v[r]);
 #pragma GCC unroll 16
     for (int q = 0; q < Vectors - 1; ++q) sums[q] = V::fma(V::load(row + q * W), vr, sums[q]);
     sums[Vectors - 1] = V::fma(V::load(last, row + (Vectors - 1) * W), vr, sums[Vectors - 1]);
@@ -272,10 +274,6 @@ SK_AVX512 void matvec_transposed_avx512(const T* M, int rows, long stride, int w
     }
   }
 }
-
-// a in every lane
-SK_AVX512 SK_INLINE __m512 all(float a) { return _mm512_set1_ps(a); }
-SK_AVX512 SK_INLINE __m512d all(double a) { return _mm512_set1_pd(a); }
 
 // exp_affine by hand for AVX-512: fast_exp's arithmetic (core/exp.h) with its products and
 // sums fused as the compiler fuses them, and 2^n applied by one vscalef (which rounds once,
