@@ -42,6 +42,10 @@ SK_HOST_DEVICE SK_INLINE T with_log_weight(T weight, T potential, T eps) {
 template <typename T>
 struct RowSums {
   T shift, sum, cost;
+
+  // softmin_r(h), and the row's cost averaged under its softmax (cost if computed).
+  SK_HOST_DEVICE SK_INLINE T softmin(T eps) const { return -eps * (shift + std::log(sum)); }
+  SK_HOST_DEVICE SK_INLINE T expected_cost() const { return cost / sum; }
 };
 
 // Two passes over the row: the maximum, then the shifted exponentials. cost is computed if
@@ -74,8 +78,8 @@ template <typename T, bool WithExpectedCost>
 SK_HOST_DEVICE SK_INLINE T softmin_row(const T* __restrict__ row, const T* __restrict__ h,
                                        int n, T eps, T* expected_cost) {
   const RowSums<T> s = softmin_row_sums<T, WithExpectedCost>(row, h, n, eps);
-  if (WithExpectedCost) *expected_cost = s.cost / s.sum;
-  return -eps * (s.shift + std::log(s.sum));
+  if (WithExpectedCost) *expected_cost = s.expected_cost();
+  return s.softmin(eps);
 }
 
 // One term c of the adjoint sum of a row (the formulas above): adds the term's G_rc

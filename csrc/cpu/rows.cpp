@@ -124,17 +124,70 @@ SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int
 template <typename T>
 struct Avx512;
 
+// a in every lane
+SK_AVX512 SK_INLINE __m512 all(float a) { return _mm512_set1_ps(a); }
+SK_AVX512 SK_INLINE __m512d all(double a) { return _mm512_set1_pd(a); }
+
+// Lane operations of one precision. The masked ones leave the lanes outside k as they were
+// (src, or c for fma).
 template <>
 struct Avx512<float> {
   using Vec = __m512;
   using Mask = __mmask16;
   static constexpr int kLanes = 16;
+  // The first min(count, kLanes) lanes.
+  SK_AVX512 static Mask first(int count) {
+    return static_cast<Mask>(count >= kLanes ? 0xFFFFu : (1u << count) - 1);
+  }
   SK_AVX512 static Vec zero() { return _mm512_setzero_ps(); }
   SK_AVX512 static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   SK_AVX512 static Vec load(Mask k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
   SK_AVX512 static void store(float* p, Vec a) { _mm512_storeu_ps(p, a); }
   SK_AVX512 static void store(Mask k, float* p, Vec a) { _mm512_mask_storeu_ps(p, k, a); }
+  SK_AVX512 static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  SK_AVX512 static Vec add(Mask k, Vec src, Vec b) { return _mm512_mask_add_ps(src, k, src, b); }
+  SK_AVX512 static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  SK_AVX512 static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  SK_AVX512 static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  SK_AVX512 static Vec fma(Mask k, Vec a, Vec b, Vec c) {
+    return _mm512_mask3_fmadd_ps(a, b, c, k);
+  }
+  // max(a, src) in the lanes of k; where a is NaN, src.
+  SK_AVX512 static Vec max(Mask k, Vec a, Vec src) { return _mm512_mask_max_ps(src, k, a, src); }
+  SK_AVX512 static Mask less(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  SK_AVX512 static Mask greater(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  SK_AVX512 static Mask equal(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  SK_AVX512 static Vec zero_where(Mask k, Vec a) { return _mm512_mask_mov_ps(a, k, zero()); }
+  SK_AVX512 static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+  // Neighbouring groups of width lanes swapped, for the reductions (reduce_add). The masked
+  // shuffles with every lane set are the plain ones, which trip GCC bug 105593 here (as
+  // _mm512_reduce_* do).
+  SK_AVX512 static Vec swap(Vec a, int width) {
+    switch (width) {
+      case 8: return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, a, 0x4E);
+      case 4: return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, a, 0xB1);
+      case 2: return _mm512_mask_permute_ps(a, 0xFFFF, a, 0x4E);
+      default: return _mm512_mask_permute_ps(a, 0xFFFF, a, 0xB1);
+    }
+  }
+  SK_AVX512 static float first_lane(Vec a) { return _mm512_cvtss_f32(a); }
+  // fast_exp (core/exp.h) of every lane: its arithmetic with the products and sums fused as
+  // the compiler fuses them, and 2^n applied by one vscalef (which rounds once, as fast_exp's
+  // two exact factors do) in place of the factors' bits and selects. max and min return their
+  // second operand where either is NaN, so a NaN x goes through; x > kMax overflows to inf
+  // through xc = kMax; x < kMin gives 0.
+  SK_AVX512 static Vec exp(Vec x) {
+    using E = ExpConstants<float>;
+    const Vec xc = _mm512_min_ps(all(E::kMax), _mm512_max_ps(all(E::kMin), x));
+    const Vec n = sub(fma(xc, all(E::kLog2e), all(E::kRound)), all(E::kRound));
+    Vec r = _mm512_fnmadd_ps(n, all(E::kLn2Hi), xc);
+    r = _mm512_fnmadd_ps(n, all(E::kLn2Lo), r);
+    Vec p = all(E::kP[0]);
+    for (int k = 1; k < 6; ++k) p = fma(p, r, all(E::kP[k]));
+    p = add(fma(mul(p, r), r, r), all(1.0f));
+    return zero_where(less(x, all(E::kMin)), _mm512_scalef_ps(p, n));
+  }
   // The sums of the 16 lanes of each of a[0..7], in order, into out[0..7].
   SK_AVX512 static void store_sums(const Vec* a, float* out) {
     Vec quarters[4];  // rows 2q, 2q + 1: 8 partial sums each, one 256-bit half per row
@@ -159,12 +212,53 @@ struct Avx512<double> {
   using Vec = __m512d;
   using Mask = __mmask8;
   static constexpr int kLanes = 8;
+  SK_AVX512 static Mask first(int count) {
+    return static_cast<Mask>(count >= kLanes ? 0xFFu : (1u << count) - 1);
+  }
   SK_AVX512 static Vec zero() { return _mm512_setzero_pd(); }
   SK_AVX512 static Vec load(const double* p) { return _mm512_loadu_pd(p); }
   SK_AVX512 static Vec load(Mask k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
   SK_AVX512 static void store(double* p, Vec a) { _mm512_storeu_pd(p, a); }
   SK_AVX512 static void store(Mask k, double* p, Vec a) { _mm512_mask_storeu_pd(p, k, a); }
+  SK_AVX512 static Vec add(Vec a, Vec b) { return _mm512_add_pd(a, b); }
+  SK_AVX512 static Vec add(Mask k, Vec src, Vec b) { return _mm512_mask_add_pd(src, k, src, b); }
+  SK_AVX512 static Vec sub(Vec a, Vec b) { return _mm512_sub_pd(a, b); }
+  SK_AVX512 static Vec mul(Vec a, Vec b) { return _mm512_mul_pd(a, b); }
+  SK_AVX512 static Vec div(Vec a, Vec b) { return _mm512_div_pd(a, b); }
   SK_AVX512 static Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_pd(a, b, c); }
+  SK_AVX512 static Vec fma(Mask k, Vec a, Vec b, Vec c) {
+    return _mm512_mask3_fmadd_pd(a, b, c, k);
+  }
+  SK_AVX512 static Vec max(Mask k, Vec a, Vec src) { return _mm512_mask_max_pd(src, k, a, src); }
+  SK_AVX512 static Mask less(Vec a, Vec b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+  SK_AVX512 static Mask greater(Vec a, Vec b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
+  SK_AVX512 static Mask equal(Vec a, Vec b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  SK_AVX512 static Vec zero_where(Mask k, Vec a) { return _mm512_mask_mov_pd(a, k, zero()); }
+  SK_AVX512 static Vec max(Vec a, Vec b) { return _mm512_max_pd(a, b); }
+  SK_AVX512 static Vec swap(Vec a, int width) {
+    switch (width) {
+      case 4: return _mm512_mask_shuffle_f64x2(a, 0xFF, a, a, 0x4E);
+      case 2: return _mm512_mask_shuffle_f64x2(a, 0xFF, a, a, 0xB1);
+      default: return _mm512_mask_permute_pd(a, 0xFF, a, 0x55);
+    }
+  }
+  SK_AVX512 static double first_lane(Vec a) { return _mm512_cvtsd_f64(a); }
+  // fast_exp of every lane, as in Avx512<float>.
+  SK_AVX512 static Vec exp(Vec x) {
+    using E = ExpConstants<double>;
+    const Vec xc = _mm512_min_pd(all(E::kMax), _mm512_max_pd(all(E::kMin), x));
+    const Vec n = sub(fma(xc, all(E::kLog2e), all(E::kRound)), all(E::kRound));
+    Vec r = _mm512_fnmadd_pd(n, all(E::kLn2Hi), xc);
+    r = _mm512_fnmadd_pd(n, all(E::kLn2Lo), r);
+    const Vec rr = mul(r, r);
+    Vec p = all(E::kP[0]);
+    for (int k = 1; k < 3; ++k) p = fma(p, rr, all(E::kP[k]));
+    p = mul(p, r);
+    Vec q = all(E::kQ[0]);
+    for (int k = 1; k < 4; ++k) q = fma(q, rr, all(E::kQ[k]));
+    const Vec e = fma(all(2.0), div(p, sub(q, p)), all(1.0));
+    return zero_where(less(x, all(E::kMin)), _mm512_scalef_pd(e, n));
+  }
   SK_AVX512 static void store_sums(const Vec* a, double* out) {
     Vec quarters[4];  // rows 2q, 2q + 1: 4 partial sums each
     for (int q = 0; q < 4; ++q)
@@ -181,6 +275,19 @@ struct Avx512<double> {
     _mm512_storeu_pd(out, _mm512_permutexvar_pd(order, pairs));
   }
 };
+
+// The sum and the max of the lanes of a, by halving.
+template <typename V>
+SK_AVX512 SK_INLINE auto reduce_add(typename V::Vec a) {
+  for (int width = V::kLanes / 2; width >= 1; width /= 2) a = V::add(a, V::swap(a, width));
+  return V::first_lane(a);
+}
+
+template <typename V>
+SK_AVX512 SK_INLINE auto reduce_max(typename V::Vec a) {
+  for (int width = V::kLanes / 2; width >= 1; width /= 2) a = V::max(a, V::swap(a, width));
+  return V::first_lane(a);
+}
 
 // The rows of matvec in blocks of eight (rows left over: one at a time, alike).
 template <typename T, int Rows>
@@ -215,10 +322,6 @@ SK_AVX512 void matvec_avx512(const T* M, int rows, int n, const T* v, T* out) {
     matvec_rows_avx512<T, 8>(M + static_cast<long>(r) * n, n, v, out + r);
   for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + static_cast<long>(r) * n, n, v, out + r);
 }
-
-// a in every lane
-SK_AVX512 SK_INLINE __m512 all(float a) { return _mm512_set1_ps(a); }
-SK_AVX512 SK_INLINE __m512d all(double a) { return _mm512_set1_pd(a); }
 
 // matvec_transposed by hand for AVX-512: a block of up to kColumnVectors vectors of columns
 // stays in registers through all the rows, one multiply-add per element of M, where the
@@ -275,56 +378,106 @@ SK_AVX512 void matvec_transposed_avx512(const T* M, int rows, long stride, int w
   }
 }
 
-// exp_affine by hand for AVX-512: fast_exp's arithmetic (core/exp.h) with its products and
-// sums fused as the compiler fuses them, and 2^n applied by one vscalef (which rounds once,
-// as fast_exp's two exact factors do) in place of the factors' bits and selects. The same
-// results as the compiler's code for the loop in about 0.55 of its time. max and min return
-// their second operand where either is NaN, so a NaN x goes through; x > kMax overflows to
-// inf through xc = kMax; x < kMin gives 0.
-SK_AVX512 void exp_affine_avx512(const float* v, float shift, float scale, int n, float* out) {
-  using E = ExpConstants<float>;
-  for (int c = 0; c < n; c += 16) {
-    const auto in = static_cast<__mmask16>(n - c >= 16 ? 0xFFFFu : (1u << (n - c)) - 1);
-    const __m512 x =
-        _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, v + c), all(shift)), all(scale));
-    const __m512 xc = _mm512_min_ps(all(E::kMax), _mm512_max_ps(all(E::kMin), x));
-    const __m512 n_ = _mm512_sub_ps(_mm512_fmadd_ps(xc, all(E::kLog2e), all(E::kRound)),
-                                    all(E::kRound));
-    __m512 r = _mm512_fnmadd_ps(n_, all(E::kLn2Hi), xc);
-    r = _mm512_fnmadd_ps(n_, all(E::kLn2Lo), r);
-    __m512 p = all(E::kP[0]);
-    for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, r, all(E::kP[k]));
-    p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), all(1.0f));
-    const __m512 y = _mm512_scalef_ps(p, n_);
-    const __mmask16 below = _mm512_cmp_ps_mask(x, all(E::kMin), _CMP_LT_OQ);
-    _mm512_mask_storeu_ps(out + c, in, _mm512_mask_mov_ps(y, below, _mm512_setzero_ps()));
+// exp_affine by hand for AVX-512 (Avx512<T>::exp): the same results as the compiler's code
+// for the loop in about 0.55 of its time.
+template <typename T>
+SK_AVX512 void exp_affine_avx512(const T* v, T shift, T scale, int n, T* out) {
+  using V = Avx512<T>;
+  for (int c = 0; c < n; c += V::kLanes) {
+    const auto in = V::first(n - c);
+    V::store(in, out + c, V::exp(V::mul(V::sub(V::load(in, v + c), all(shift)), all(scale))));
   }
 }
 
-SK_AVX512 void exp_affine_avx512(const double* v, double shift, double scale, int n,
-                                 double* out) {
-  using E = ExpConstants<double>;
-  for (int c = 0; c < n; c += 8) {
-    const auto in = static_cast<__mmask8>(n - c >= 8 ? 0xFFu : (1u << (n - c)) - 1);
-    const __m512d x =
-        _mm512_mul_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(in, v + c), all(shift)), all(scale));
-    const __m512d xc = _mm512_min_pd(all(E::kMax), _mm512_max_pd(all(E::kMin), x));
-    const __m512d n_ = _mm512_sub_pd(_mm512_fmadd_pd(xc, all(E::kLog2e), all(E::kRound)),
-                                     all(E::kRound));
-    __m512d r = _mm512_fnmadd_pd(n_, all(E::kLn2Hi), xc);
-    r = _mm512_fnmadd_pd(n_, all(E::kLn2Lo), r);
-    const __m512d rr = _mm512_mul_pd(r, r);
-    __m512d p = all(E::kP[0]);
-    for (int k = 1; k < 3; ++k) p = _mm512_fmadd_pd(p, rr, all(E::kP[k]));
-    p = _mm512_mul_pd(p, r);
-    __m512d q = all(E::kQ[0]);
-    for (int k = 1; k < 4; ++k) q = _mm512_fmadd_pd(q, rr, all(E::kQ[k]));
-    const __m512d e =
-        _mm512_fmadd_pd(all(2.0), _mm512_div_pd(p, _mm512_sub_pd(q, p)), all(1.0));
-    const __m512d y = _mm512_scalef_pd(e, n_);
-    const __mmask8 below = _mm512_cmp_pd_mask(x, all(E::kMin), _CMP_LT_OQ);
-    _mm512_mask_storeu_pd(out + c, in, _mm512_mask_mov_pd(y, below, _mm512_setzero_pd()));
+// softmin_row_sums (core/softmin.h) by hand for AVX-512: the maximum and the sums in
+// kLanes partial ones, exp in lanes (Avx512<T>::exp), and the last columns through masked
+// loads, where the compiler's code takes them one at a time. In float, about 0.55 of the
+// time of the compiler's code for rows of 200 costs, 0.7 for rows of 1000.
+template <typename T, bool WithExpectedCost>
+SK_AVX512 RowSums<T> softmin_row_sums_avx512(const T* row, const T* h, int n, T eps) {
+  using V = Avx512<T>;
+  const auto inv_eps = all(T(1) / eps);
+  const auto minus_infinity = all(-std::numeric_limits<T>::infinity());
+  auto max_t = minus_infinity;
+  for (int c = 0; c < n; c += V::kLanes) {
+    const auto in = V::first(n - c);
+    const auto t = V::mul(V::sub(V::load(in, h + c), V::load(in, row + c)), inv_eps);
+    max_t = V::max(in, t, max_t);  // a NaN t is skipped here, and propagates through its exp
   }
+  const T shift = reduce_max<V>(max_t);
+  auto sum = V::zero(), cost = V::zero();
+  for (int c = 0; c < n; c += V::kLanes) {
+    const auto in = V::first(n - c);
+    const auto M = V::load(in, row + c);
+    const auto t = V::mul(V::sub(V::load(in, h + c), M), inv_eps);
+    // A term at t = -inf has no mass (its exp(t - shift) is NaN where shift is -inf too).
+    const auto mass = static_cast<typename V::Mask>(in & ~V::equal(t, minus_infinity));
+    const auto e = V::exp(V::sub(t, all(shift)));
+    sum = V::add(mass, sum, e);
+    if (WithExpectedCost) cost = V::fma(mass, M, e, cost);
+  }
+  return {shift, reduce_add<V>(sum), WithExpectedCost ? reduce_add<V>(cost) : T(0)};
+}
+
+// The adjoint terms of kLanes columns (core/softmin.h adjoint_term): their terms of out_r,
+// and their contributions w_r e_rc (...) to G_rc in grad.
+template <typename T, bool Terminal>
+SK_AVX512 SK_INLINE typename Avx512<T>::Vec adjoint_lanes(
+    typename Avx512<T>::Vec M, typename Avx512<T>::Vec h, typename Avx512<T>::Vec adj, T s, T w,
+    T inv_eps, typename Avx512<T>::Vec& grad) {
+  using V = Avx512<T>;
+  const auto e = V::exp(V::mul(V::sub(V::add(all(s), h), M), all(inv_eps)));
+  const auto we = V::mul(all(w), e);
+  if (Terminal) {
+    const auto scaled_cost = V::mul(M, all(inv_eps));
+    grad = V::mul(we, V::sub(V::add(adj, all(T(1))), scaled_cost));
+    return V::mul(V::sub(scaled_cost, adj), e);
+  }
+  grad = V::mul(we, adj);
+  return V::mul(V::sub(V::zero(), adj), e);
+}
+
+// softmin_adjoint_row (core/softmin.h) by hand for AVX-512, like softmin_row_sums_avx512.
+template <typename T, bool Terminal>
+SK_AVX512 T softmin_adjoint_row_avx512(const T* row, const T* h, const T* adj, T s, T w, int n,
+                                       T eps, T* grad_row) {
+  using V = Avx512<T>;
+  auto out = V::zero();
+  for (int c = 0; c < n; c += V::kLanes) {
+    const auto in = V::first(n - c);
+    typename V::Vec grad;
+    const auto term = adjoint_lanes<T, Terminal>(V::load(in, row + c), V::load(in, h + c),
+                                                 V::load(in, adj + c), s, w, T(1) / eps, grad);
+    out = V::add(in, out, term);
+    V::store(in, grad_row + c, V::add(V::load(in, grad_row + c), grad));
+  }
+  return reduce_add<V>(out);
+}
+
+// adjoint_piece (the online backend's) by hand for AVX-512: softmin_adjoint_row_avx512's terms,
+// with gk_c = (contribution to G_rc) k(M_rc) written instead of added to G.
+template <typename T, bool Terminal>
+SK_AVX512 T adjoint_piece_avx512(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
+                                 Cost cost, T* gk) {
+  using V = Avx512<T>;
+  auto out = V::zero();
+  for (int c = 0; c < n; c += V::kLanes) {
+    const auto in = V::first(n - c);
+    const auto M = V::load(in, row + c);
+    typename V::Vec grad;
+    const auto term = adjoint_lanes<T, Terminal>(M, V::load(in, h + c), V::load(in, adj + c), s,
+                                                 w, T(1) / eps, grad);
+    out = V::add(in, out, term);
+    // k(M) (core/cost.h cost_slope): 2 for the squared distance, 1 / M for the distance (0 at
+    // M = 0).
+    const auto slope_grad = cost == Cost::kSqEuclidean
+                                ? V::mul(grad, all(T(2)))
+                                : V::zero_where(static_cast<typename V::Mask>(
+                                                    ~V::greater(M, V::zero())),
+                                                V::div(grad, M));
+    V::store(in, gk + c, slope_grad);
+  }
+  return reduce_add<V>(out);
 }
 
 bool has_avx512() {
@@ -469,13 +622,13 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                                  const T* __restrict__ norms_b, int n) {     \
     _Pragma("omp simd") for (int c = 0; c < n; ++c) row[c] = norm_a + norms_b[c] - 2 * row[c]; \
   }                                                                                          \
-  SK_CPU_CLONES RowSums<T> softmin_sums(const T* row, const T* h, int n, T eps,               \
-                                        bool with_expected_cost) {                           \
+  SK_CPU_CLONES RowSums<T> softmin_sums_portable(const T* row, const T* h, int n, T eps,      \
+                                                 bool with_expected_cost) {                  \
     return with_expected_cost ? softmin_row_sums<T, true>(row, h, n, eps)                     \
                               : softmin_row_sums<T, false>(row, h, n, eps);                   \
   }                                                                                          \
-  SK_CPU_CLONES T adjoint_piece(const T* row, const T* h, const T* adj, T s, T w, int n, T eps, \
-                                bool terminal, Cost cost, T* gk) {                           \
+  SK_CPU_CLONES T adjoint_piece_portable(const T* row, const T* h, const T* adj, T s, T w,    \
+                                         int n, T eps, bool terminal, Cost cost, T* gk) {    \
     return terminal ? adjoint_piece_impl<T, true>(row, h, adj, s, w, n, eps, cost, gk)        \
                     : adjoint_piece_impl<T, false>(row, h, adj, s, w, n, eps, cost, gk);      \
   }                                                                                          \
@@ -483,15 +636,9 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                       int d, T* row_acc, T* col_acc, long col_stride) {       \
     accumulate_piece_impl(gk, n, bt, stride, a, d, row_acc, col_acc, col_stride);             \
   }                                                                                          \
-  SK_CPU_CLONES T softmin_row(const T* row, const T* h, int n, T eps) {                     \
-    return sinkhorn::softmin_row<T, false>(row, h, n, eps, nullptr);                         \
-  }                                                                                          \
-  SK_CPU_CLONES T softmin_row_with_expected_cost(const T* row, const T* h, int n, T eps,     \
-                                                 T* expected_cost) {                         \
-    return sinkhorn::softmin_row<T, true>(row, h, n, eps, expected_cost);                    \
-  }                                                                                          \
-  SK_CPU_CLONES T softmin_adjoint_row(const T* row, const T* h, const T* adj, T s, T w,      \
-                                      int n, T eps, bool terminal, T* grad_row) {            \
+  SK_CPU_CLONES T softmin_adjoint_row_portable(const T* row, const T* h, const T* adj, T s,  \
+                                               T w, int n, T eps, bool terminal,             \
+                                               T* grad_row) {                                \
     return terminal                                                                          \
                ? sinkhorn::softmin_adjoint_row<T, true>(row, h, adj, s, w, n, eps, grad_row) \
                : sinkhorn::softmin_adjoint_row<T, false>(row, h, adj, s, w, n, eps,          \
@@ -545,6 +692,88 @@ SK_DEFINE_ROWS(double)
 #undef SK_DEFINE_ROWS
 
 // One kernel for a machine, chosen once (results stay repeatable).
+template <typename T>
+RowSums<T> softmin_sums_dispatch(const T* row, const T* h, int n, T eps, bool with_expected_cost) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512())
+    return with_expected_cost ? softmin_row_sums_avx512<T, true>(row, h, n, eps)
+                              : softmin_row_sums_avx512<T, false>(row, h, n, eps);
+#endif
+  return softmin_sums_portable(row, h, n, eps, with_expected_cost);
+}
+
+RowSums<float> softmin_sums(const float* row, const float* h, int n, float eps,
+                            bool with_expected_cost) {
+  return softmin_sums_dispatch(row, h, n, eps, with_expected_cost);
+}
+RowSums<double> softmin_sums(const double* row, const double* h, int n, double eps,
+                             bool with_expected_cost) {
+  return softmin_sums_dispatch(row, h, n, eps, with_expected_cost);
+}
+float softmin_row(const float* row, const float* h, int n, float eps) {
+  return softmin_sums_dispatch(row, h, n, eps, false).softmin(eps);
+}
+double softmin_row(const double* row, const double* h, int n, double eps) {
+  return softmin_sums_dispatch(row, h, n, eps, false).softmin(eps);
+}
+
+template <typename T>
+T softmin_row_with_expected_cost_dispatch(const T* row, const T* h, int n, T eps,
+                                          T* expected_cost) {
+  const RowSums<T> sums = softmin_sums_dispatch(row, h, n, eps, true);
+  *expected_cost = sums.expected_cost();
+  return sums.softmin(eps);
+}
+
+float softmin_row_with_expected_cost(const float* row, const float* h, int n, float eps,
+                                     float* expected_cost) {
+  return softmin_row_with_expected_cost_dispatch(row, h, n, eps, expected_cost);
+}
+double softmin_row_with_expected_cost(const double* row, const double* h, int n, double eps,
+                                      double* expected_cost) {
+  return softmin_row_with_expected_cost_dispatch(row, h, n, eps, expected_cost);
+}
+
+template <typename T>
+T softmin_adjoint_row_dispatch(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
+                               bool terminal, T* grad_row) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512())
+    return terminal ? softmin_adjoint_row_avx512<T, true>(row, h, adj, s, w, n, eps, grad_row)
+                    : softmin_adjoint_row_avx512<T, false>(row, h, adj, s, w, n, eps, grad_row);
+#endif
+  return softmin_adjoint_row_portable(row, h, adj, s, w, n, eps, terminal, grad_row);
+}
+
+float softmin_adjoint_row(const float* row, const float* h, const float* adj, float s, float w,
+                          int n, float eps, bool terminal, float* grad_row) {
+  return softmin_adjoint_row_dispatch(row, h, adj, s, w, n, eps, terminal, grad_row);
+}
+double softmin_adjoint_row(const double* row, const double* h, const double* adj, double s,
+                           double w, int n, double eps, bool terminal, double* grad_row) {
+  return softmin_adjoint_row_dispatch(row, h, adj, s, w, n, eps, terminal, grad_row);
+}
+
+template <typename T>
+T adjoint_piece_dispatch(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
+                         bool terminal, Cost cost, T* gk) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512())
+    return terminal ? adjoint_piece_avx512<T, true>(row, h, adj, s, w, n, eps, cost, gk)
+                    : adjoint_piece_avx512<T, false>(row, h, adj, s, w, n, eps, cost, gk);
+#endif
+  return adjoint_piece_portable(row, h, adj, s, w, n, eps, terminal, cost, gk);
+}
+
+float adjoint_piece(const float* row, const float* h, const float* adj, float s, float w, int n,
+                    float eps, bool terminal, Cost cost, float* gk) {
+  return adjoint_piece_dispatch(row, h, adj, s, w, n, eps, terminal, cost, gk);
+}
+double adjoint_piece(const double* row, const double* h, const double* adj, double s, double w,
+                     int n, double eps, bool terminal, Cost cost, double* gk) {
+  return adjoint_piece_dispatch(row, h, adj, s, w, n, eps, terminal, cost, gk);
+}
+
 template <typename T>
 void matvec_dispatch(const T* M, int rows, int n, const T* v, T* out) {
 #if SK_HAVE_AVX512_KERNELS

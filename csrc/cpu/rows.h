@@ -1,8 +1,9 @@
 // The row kernels of the CPU strategies, compiled for several x86 instruction sets
 // (target_clones): the loader picks the widest the machine has, so one build runs everywhere
 // and still uses AVX-512 or AVX2 + FMA where they exist. matvec, matvec_transposed and
-// exp_affine, the scaling strategy's products with K and K^T and its exponentials, are also
-// written by hand for AVX-512, chosen at run time.
+// exp_affine, the scaling strategy's products with K and K^T and its exponentials, and the
+// softmin rows and adjoint rows and pieces of the log domain and of the online backend, are
+// also written by hand for AVX-512, chosen at run time.
 #pragma once
 
 #include "core/cost.h"
