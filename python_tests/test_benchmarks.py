@@ -52,6 +52,13 @@ def test_scaling_domain_baseline_equals_the_reference_in_float64(suite):
             torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
 
 
+def test_small_eps_grid_is_outside_the_scaling_domain(suite):
+    # Its point is to time the log-domain kernels: max C / eps must rule out the scaling form
+    # (scaling_safe's bound, 43 in float32, is above the kernels' 30).
+    for config in suite.GRIDS["small-eps"]:
+        assert not suite.make_problem(config).scaling_safe, config
+
+
 def test_pytest_benchmark_suite_runs_the_smoke_grid(suite):
     result = _run("-m", "pytest", "benchmarks", "--sinkhorn-grid", "smoke",
                   "--benchmark-disable", "-q", "-p", "no:cacheprovider")
