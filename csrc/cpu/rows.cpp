@@ -117,10 +117,8 @@ SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int
 }
 
 #if SK_HAVE_AVX512_KERNELS
-// matvec by hand for AVX-512, where the compiler's code for matvec_impl falls short at the
-// paper's sizes: eight rows share each load of v (eight accumulators cover the latency of the
-// multiply-adds), the last columns go through masked loads rather than a scalar loop, and the
-// eight row sums come out of one transposing reduction instead of eight horizontal ones.
+// The kernels written by hand for AVX-512 (chosen at run time, has_avx512), on the lane
+// operations of Avx512<T>.
 template <typename T>
 struct Avx512;
 
@@ -289,6 +287,10 @@ SK_AVX512 SK_INLINE auto reduce_max(typename V::Vec a) {
   return V::first_lane(a);
 }
 
+// matvec by hand for AVX-512, where the compiler's code for matvec_impl falls short at the
+// paper's sizes: eight rows share each load of v (eight accumulators cover the latency of the
+// multiply-adds), the last columns go through masked loads rather than a scalar loop, and the
+// eight row sums come out of one transposing reduction instead of eight horizontal ones.
 // The rows of matvec in blocks of eight (rows left over: one at a time, alike).
 template <typename T, int Rows>
 SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
