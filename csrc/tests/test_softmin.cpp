@@ -1,6 +1,7 @@
-// csrc/core/softmin.h (softmin_row, softmin_adjoint_row) and its target_clones wrappers in
-// csrc/cpu/rows.h, against naive long-double implementations of the formulas in the header's
-// comment:
+// csrc/core/softmin.h (softmin_row, softmin_adjoint_row) and its wrappers in csrc/cpu/rows.h
+// (by hand for AVX-512 where the machine has it, else target_clones; also the online
+// backend's adjoint_piece), against naive long-double implementations of the formulas in the
+// header's comment:
 //
 //   s        = -eps log sum_c exp((h_c - M_c) / eps)
 //   expected = sum_c M_c exp((h_c - M_c) / eps) / sum_c exp((h_c - M_c) / eps)
@@ -254,6 +255,29 @@ void check_softmin_adjoint_rows() {
               } else {
                 SK_CHECK_CLOSE(g[i], grad[i], 8 * u * grad_scale[i])
                     << impl.name << ", grad[" << i << "] (" << where << ")";
+              }
+            }
+          }
+          // The online backend's adjoint_piece: the same terms, with each contribution to G
+          // times k(M_c) (2 for the squared distance, 1 / M_c for the distance, 0 at M_c <= 0)
+          // written to gk rather than added to G.
+          for (sinkhorn::Cost cost : {sinkhorn::Cost::kSqEuclidean, sinkhorn::Cost::kEuclidean}) {
+            const std::string piece = where + (cost == sinkhorn::Cost::kSqEuclidean
+                                                   ? ", sqeuclidean piece" : ", euclidean piece");
+            std::vector<T> gk(n, std::numeric_limits<T>::quiet_NaN());
+            const T got = sinkhorn::cpu::adjoint_piece(c.row.data(), c.h.data(), adj.data(), s, w,
+                                                       n, c.eps, terminal, cost, gk.data());
+            SK_CHECK_CLOSE(got, out, tol_out) << "adjoint_piece, out (" << piece << ")";
+            for (int i = 0; i < n; ++i) {
+              const long double slope = cost == sinkhorn::Cost::kSqEuclidean ? 2.0L
+                                        : c.row[i] > 0 ? 1.0L / c.row[i] : 0.0L;
+              const long double expected = (grad[i] - grad0[i]) * slope;
+              if (std::isinf(c.h[i])) {
+                SK_CHECK(gk[i] == T(0)) << "adjoint_piece, gk[" << i << "] = " << gk[i]
+                                        << " at h = -inf (" << piece << ")";
+              } else {
+                SK_CHECK_CLOSE(gk[i], expected, 8 * u * grad_scale[i] * slope)
+                    << "adjoint_piece, gk[" << i << "] (" << piece << ")";
               }
             }
           }
