@@ -421,8 +421,9 @@ SK_AVX512 RowSums<T> softmin_row_sums_avx512(const T* row, const T* h, int n, T 
   return {shift, reduce_add<V>(sum), WithExpectedCost ? reduce_add<V>(cost) : T(0)};
 }
 
-// The adjoint terms of kLanes columns (core/softmin.h adjoint_term): their terms of out_r,
-// and their contributions w_r e_rc (...) to G_rc in grad.
+// The adjoint terms of kLanes columns (core/softmin.h adjoint_term): returns their terms of
+// out_r and writes their contributions to G_rc (w_r a_c e_rc, or at the last level
+// w_r e_rc (a_c + 1 - M_rc / eps)) to grad.
 template <typename T, bool Terminal>
 SK_AVX512 SK_INLINE typename Avx512<T>::Vec adjoint_lanes(
     typename Avx512<T>::Vec M, typename Avx512<T>::Vec h, typename Avx512<T>::Vec adj, T s, T w,
@@ -444,12 +445,13 @@ template <typename T, bool Terminal>
 SK_AVX512 T softmin_adjoint_row_avx512(const T* row, const T* h, const T* adj, T s, T w, int n,
                                        T eps, T* grad_row) {
   using V = Avx512<T>;
+  const T inv_eps = T(1) / eps;
   auto out = V::zero();
   for (int c = 0; c < n; c += V::kLanes) {
     const auto in = V::first(n - c);
     typename V::Vec grad;
     const auto term = adjoint_lanes<T, Terminal>(V::load(in, row + c), V::load(in, h + c),
-                                                 V::load(in, adj + c), s, w, T(1) / eps, grad);
+                                                 V::load(in, adj + c), s, w, inv_eps, grad);
     out = V::add(in, out, term);
     V::store(in, grad_row + c, V::add(V::load(in, grad_row + c), grad));
   }
@@ -462,13 +464,14 @@ template <typename T, bool Terminal>
 SK_AVX512 T adjoint_piece_avx512(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
                                  Cost cost, T* gk) {
   using V = Avx512<T>;
+  const T inv_eps = T(1) / eps;
   auto out = V::zero();
   for (int c = 0; c < n; c += V::kLanes) {
     const auto in = V::first(n - c);
     const auto M = V::load(in, row + c);
     typename V::Vec grad;
     const auto term = adjoint_lanes<T, Terminal>(M, V::load(in, h + c), V::load(in, adj + c), s,
-                                                 w, T(1) / eps, grad);
+                                                 w, inv_eps, grad);
     out = V::add(in, out, term);
     // k(M) (core/cost.h cost_slope): 2 for the squared distance, 1 / M for the distance (0 at
     // M = 0).
