@@ -297,7 +297,7 @@ SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
                                             const T* __restrict__ v, T* __restrict__ out) {
   using V = Avx512<T>;
   constexpr int W = V::kLanes;
-  const auto tail = static_cast<typename V::Mask>((1u << (n % W)) - 1);
+  const auto tail = V::first(n % W);
   typename V::Vec acc[8];
   for (int q = 0; q < Rows; ++q) acc[q] = V::zero();
   int c = 0;
@@ -363,8 +363,7 @@ SK_AVX512 void matvec_transposed_avx512(const T* M, int rows, long stride, int w
   for (int c0 = 0; c0 < width; c0 += kColumnVectors * W) {
     const int left = width - c0;
     const int vectors = std::min(kColumnVectors, (left + W - 1) / W);
-    const int in_last = std::min(W, left - (vectors - 1) * W);  // columns in the last vector
-    const auto last = static_cast<typename V::Mask>((1u << in_last) - 1);
+    const auto last = V::first(left - (vectors - 1) * W);  // the columns in the last vector
     const T* block = M + c0;
     T* block_acc = acc + c0;
     switch (vectors) {
