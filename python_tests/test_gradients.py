@@ -3,6 +3,7 @@ float64 against finite differences, and equal to autograd through the reference'
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import sinkhorn_ext as sk
 from testing import COSTS, random_problem
@@ -112,6 +113,29 @@ def test_double_backward_raises_instead_of_returning_wrong_numbers():
     (grad,) = torch.autograd.grad(sk.sinkhorn_loss(x, y, eps=0.5, iters=4), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"first derivatives only"):
         torch.autograd.grad((grad ** 2).sum(), x)
+
+
+def test_forward_mode_and_functorch_derivatives_raise_instead_of_returning_wrong_numbers():
+    x, y, _, _ = random_problem(6, 5, 2, weighted=False)
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match=r"forward-mode AD .* is not supported"):
+            sk.sinkhorn_loss(fwAD.make_dual(x, torch.ones_like(x)), y)
+    for transform in (lambda f: torch.func.grad(f)(x),
+                      lambda f: torch.func.jvp(f, (x,), (torch.ones_like(x),))):
+        with pytest.raises(RuntimeError, match=r"functorch transforms"):
+            transform(lambda x: sk.sinkhorn_loss(x, y))
+
+
+def test_backward_twice_accumulates_with_retain_graph_and_raises_without():
+    x, y, _, _ = random_problem(6, 5, 2, weighted=False)
+    x.requires_grad_()
+    loss = sk.sinkhorn_loss(x, y, eps=0.5, iters=4)
+    loss.backward(retain_graph=True)
+    once = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * once)
+    with pytest.raises(RuntimeError, match=r"backward through the graph a second time"):
+        loss.backward()
 
 
 def test_float32_gradients_match_float64():
