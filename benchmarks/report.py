@@ -174,7 +174,8 @@ def measure_configuration(problem, impls, args, budget):
         if note:
             entry["notes"][impl.name] = note
         times = {mode: median_ms(step(loss_fn, problem, mode), args.device, args.repeats,
-                                 args.max_seconds) for mode in MODES}
+                                 args.max_seconds, min_seconds=args.min_seconds)
+                 for mode in MODES}
         entry["times_ms"][impl.name] = times
         print(f"  {impl.name:18} forward {times['forward']:10.3f} ms   forward+backward "
               f"{times['forward_backward']:10.3f} ms", flush=True)
@@ -192,12 +193,14 @@ def measure_physical_limit(configs, args, dtype):
         transposed = matrix.T.contiguous()
         vector = torch.rand(m, dtype=dtype, generator=gen).to(args.device)
         two_mv = median_ms(lambda: (torch.mv(matrix, vector), torch.mv(transposed, vector)),
-                           args.device, args.repeats, args.max_seconds)
+                           args.device, args.repeats, args.max_seconds,
+                           min_seconds=args.min_seconds)
         for backend in FUSED_BACKENDS:
             def forward(iters):
                 return lambda: sk.sinkhorn_cost(problem.x, problem.y, eps=eps, iters=iters,
                                                 backend=backend)
-            times = [median_ms(forward(iters), args.device, args.repeats, args.max_seconds)
+            times = [median_ms(forward(iters), args.device, args.repeats, args.max_seconds,
+                               min_seconds=args.min_seconds)
                      for iters in LIMIT_ITERS]
             iteration = (times[1] - times[0]) / (high - low)
             rows.append({"m": m, "n": m, "d": d, "eps": eps, "backend": backend,
@@ -253,7 +256,8 @@ def run(args):
         "command": "python -m benchmarks.report " + shlex.join(sys.argv[1:]),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine,
-        "timing": {"repeats": args.repeats, "max_seconds": args.max_seconds, "warmup": 1},
+        "timing": {"repeats": args.repeats, "min_seconds": args.min_seconds,
+                   "max_seconds": args.max_seconds, "warmup": 1},
         "memory_budget_gb": round(budget / 2**30, 1),
         "implementations": [{"name": i.name, "role": i.role, "title": i.title} for i in impls],
         "configurations": entries,
@@ -358,9 +362,11 @@ def render_results(results, png, markdown_dir):
         f"{machine['torch_threads']} torch threads; {machine['platform']}.",
         f"Versions: {versions}; commit {machine['commit']}. Measured {results['date']}.",
         f"Command: `{results['command']}`.",
-        f"Each time is the median of {timing['repeats']} calls after {timing['warmup']} "
-        f"warm-up call (of fewer, but at least 3, where {timing['max_seconds']:g} s passed "
-        f"first). "
+        f"Each time is the median of {timing['repeats']} calls"
+        + (f", or of as many more as take {timing['min_seconds']:g} s,"
+           if timing.get("min_seconds") else "")
+        + f" after {timing['warmup']} warm-up call (of fewer, but at least 3, where "
+        f"{timing['max_seconds']:g} s passed first). "
         f"Memory budget {results['memory_budget_gb']} GiB.", "",
     ]
 
@@ -479,6 +485,9 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeats", type=int, default=20, help="calls per time (default 20)")
+    parser.add_argument("--min-seconds", type=float, default=0.5,
+                        help="time a call more than --repeats times until this long has "
+                             "passed (default 0.5)")
     parser.add_argument("--max-seconds", type=float, default=2.0,
                         help="stop repeating a time after this long, once it has 3 calls")
     parser.add_argument("--memory-budget-gb", type=float, default=None,

@@ -358,17 +358,21 @@ def step(loss_fn: LossFn, problem: Problem, mode: str) -> Callable[[], None]:
 
 
 def median_ms(fn: Callable[[], object], device: str, repeats: int, max_seconds: float = math.inf,
-              warmup: int = 1) -> float:
-    """Median wall time of fn in milliseconds over `repeats` calls after `warmup` calls,
-    stopping early once max_seconds have passed and three calls are done. On cuda each call is
+              warmup: int = 1, min_seconds: float = 0.0) -> float:
+    """Median wall time of fn in milliseconds after `warmup` calls: over `repeats` calls, and
+    more while they have taken less than min_seconds together (a short call is timed many
+    times, so that a slow phase of a shared machine weighs less in its median); stopping
+    early once max_seconds have passed and three calls are done. On cuda each call is
     bracketed by torch.cuda.synchronize(), so that it counts the GPU work it queued, not only
     the launches."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):  # on cuda: context, allocator, kernel attributes
         fn()
     times = []
-    deadline = time.perf_counter() + max_seconds
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+    begin = time.perf_counter()
+    while len(times) < 3 or (
+            time.perf_counter() - begin < max_seconds
+            and (len(times) < repeats or time.perf_counter() - begin < min_seconds)):
         sync()
         start = time.perf_counter()
         fn()

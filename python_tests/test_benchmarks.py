@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -59,6 +60,19 @@ def test_small_eps_grid_is_outside_the_scaling_domain(suite):
         assert not suite.make_problem(config).scaling_safe, config
 
 
+def test_median_times_a_short_call_until_min_seconds_and_stops_at_max_seconds(suite):
+    calls = []
+    suite.median_ms(lambda: calls.append(1), "cpu", repeats=3, min_seconds=0.05, warmup=0)
+    assert len(calls) > 100  # an empty call takes well under 0.5 ms
+    calls.clear()
+    suite.median_ms(lambda: calls.append(time.sleep(0.01)), "cpu", repeats=1000,
+                    max_seconds=0.05, warmup=0)
+    assert 3 <= len(calls) <= 10
+    calls.clear()
+    suite.median_ms(lambda: calls.append(1), "cpu", repeats=5, warmup=2)
+    assert len(calls) == 7
+
+
 def test_pytest_benchmark_suite_runs_the_smoke_grid(suite):
     result = _run("-m", "pytest", "benchmarks", "--sinkhorn-grid", "smoke",
                   "--benchmark-disable", "-q", "-p", "no:cacheprovider")
@@ -71,7 +85,7 @@ def test_pytest_benchmark_suite_runs_the_smoke_grid(suite):
 
 def test_report_writes_json_plot_and_markdown(tmp_path, suite):
     result = _run("-m", "benchmarks.report", "--grid", "smoke", "--out", str(tmp_path),
-                  "--repeats", "1")
+                  "--repeats", "1", "--min-seconds", "0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((tmp_path / "cpu-smoke-float32.json").read_text())
     assert results["machine"]["versions"]["torch"] == torch.__version__
