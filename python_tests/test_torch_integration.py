@@ -147,6 +147,25 @@ def test_incoming_gradient_scales_each_problems_gradient():
                                        rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_through_activation_checkpointing_equals_the_plain_one(use_reentrant):
+    x, y, _, _ = random_problem(6, 5, 2, weighted=False)
+    x.requires_grad_()
+    layer = torch.nn.Linear(2, 2).to(x.dtype)
+
+    def loss(points):
+        return sk.sinkhorn_loss(layer(points), y, eps=0.5, iters=5)
+
+    def weight_gradient(value):
+        layer.weight.grad = None
+        value.backward()  # the reentrant checkpoint supports backward(), not autograd.grad
+        return layer.weight.grad
+
+    expected = weight_gradient(loss(x))
+    checkpointed = torch.utils.checkpoint.checkpoint(loss, x, use_reentrant=use_reentrant)
+    torch.testing.assert_close(weight_gradient(checkpointed), expected, rtol=0, atol=0)
+
+
 def test_opcheck_forward_op_non_contiguous():
     x, y, a, b = random_problem(6, 5, 3, batch=2)
     args = [_non_contiguous(t).requires_grad_() for t in (x, y, a, b)]
