@@ -370,9 +370,8 @@ def median_ms(fn: Callable[[], object], device: str, repeats: int, max_seconds: 
         fn()
     times = []
     begin = time.perf_counter()
-    while len(times) < 3 or (
-            time.perf_counter() - begin < max_seconds
-            and (len(times) < repeats or time.perf_counter() - begin < min_seconds)):
+    while len(times) < 3 or ((elapsed := time.perf_counter() - begin) < max_seconds
+                             and (len(times) < repeats or elapsed < min_seconds)):
         sync()
         start = time.perf_counter()
         fn()
