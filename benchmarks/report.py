@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -35,9 +36,9 @@ import sinkhorn_ext as sk
 from benchmarks import online_scale
 from benchmarks.peak_memory import peak_extra_mb
 from benchmarks.suite import (
-    FUSED_BACKENDS, GRIDS, MODES, PHYSICAL_LIMIT_TARGET, TARGETS, Config, auto_backend,
-    cuda_unavailable_reason, default_memory_budget, grid, grid_name, implementations,
-    make_problem, median_ms, step,
+    FUSED_BACKENDS, GRIDS, MODES, PHYSICAL_LIMIT_TARGET, TARGETS, TIMING_ROUNDS, Config,
+    auto_backend, cuda_unavailable_reason, default_memory_budget, grid, grid_name, implementations,
+    interleaved_medians_ms, make_problem, step,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,7 +85,11 @@ How the figures are made:
   and 10 for d = 784, as the targets of issue 4 set it. m = n.
 - **Timing.** Forward runs on inputs without gradient. Forward + backward takes the gradient
   with respect to x. Each time is the median of its calls, after one warm-up call. On CUDA each
-  call is bracketed by `torch.cuda.synchronize()`.
+  call is bracketed by `torch.cuda.synchronize()`. Where a section's timing line says so, the
+  calls of a configuration's implementations and modes are interleaved: in each of a few rounds
+  every one is called in turn for its share of the calls, so that a slow phase of a shared
+  machine weighs on all of them alike, not on whichever ran then. (Sections without it timed
+  one implementation and mode after another.)
 - **Speed-up.** The faster baseline's time (reference or Alg. 2 scaling) divided by the fused
   time.
 - **Peak extra memory.** One forward + backward in a fresh process per configuration and
@@ -164,6 +169,7 @@ def measure_configuration(problem, impls, args, budget):
              "auto_backend": auto_backend(problem),
              "times_ms": {}, "peak_memory_mb": {}, "skipped": {}, "memory_failed": {},
              "notes": {}}
+    calls = {}  # (implementation, mode) -> one call
     for impl in impls:
         reason = impl.skip_reason(problem, budget)
         if reason:
@@ -173,9 +179,14 @@ def measure_configuration(problem, impls, args, budget):
         loss_fn, note = impl.prepare(problem)
         if note:
             entry["notes"][impl.name] = note
-        times = {mode: median_ms(step(loss_fn, problem, mode), args.device, args.repeats,
-                                 args.max_seconds, min_seconds=args.min_seconds)
-                 for mode in MODES}
+        for mode in MODES:
+            calls[impl.name, mode] = step(loss_fn, problem, mode)
+    medians = interleaved_medians_ms(calls, args.device, args.repeats, args.max_seconds,
+                                     min_seconds=args.min_seconds)
+    for impl in impls:
+        if impl.name in entry["skipped"]:
+            continue
+        times = {mode: medians[impl.name, mode] for mode in MODES}
         entry["times_ms"][impl.name] = times
         print(f"  {impl.name:18} forward {times['forward']:10.3f} ms   forward+backward "
               f"{times['forward_backward']:10.3f} ms", flush=True)
@@ -192,16 +203,16 @@ def measure_physical_limit(configs, args, dtype):
         matrix = torch.rand(m, m, dtype=dtype, generator=gen).to(args.device)
         transposed = matrix.T.contiguous()
         vector = torch.rand(m, dtype=dtype, generator=gen).to(args.device)
-        two_mv = median_ms(lambda: (torch.mv(matrix, vector), torch.mv(transposed, vector)),
-                           args.device, args.repeats, args.max_seconds,
-                           min_seconds=args.min_seconds)
+        calls = {"two_mv": lambda: (torch.mv(matrix, vector), torch.mv(transposed, vector))}
         for backend in FUSED_BACKENDS:
-            def forward(iters):
-                return lambda: sk.sinkhorn_cost(problem.x, problem.y, eps=eps, iters=iters,
-                                                backend=backend)
-            times = [median_ms(forward(iters), args.device, args.repeats, args.max_seconds,
-                               min_seconds=args.min_seconds)
-                     for iters in LIMIT_ITERS]
+            for iters in LIMIT_ITERS:
+                calls[backend, iters] = functools.partial(
+                    sk.sinkhorn_cost, problem.x, problem.y, eps=eps, iters=iters, backend=backend)
+        medians = interleaved_medians_ms(calls, args.device, args.repeats, args.max_seconds,
+                                         min_seconds=args.min_seconds)
+        two_mv = medians["two_mv"]
+        for backend in FUSED_BACKENDS:
+            times = [medians[backend, iters] for iters in LIMIT_ITERS]
             iteration = (times[1] - times[0]) / (high - low)
             rows.append({"m": m, "n": m, "d": d, "eps": eps, "backend": backend,
                          "iters": list(LIMIT_ITERS), "forward_ms": times,
@@ -257,7 +268,7 @@ def run(args):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine,
         "timing": {"repeats": args.repeats, "min_seconds": args.min_seconds,
-                   "max_seconds": args.max_seconds, "warmup": 1},
+                   "max_seconds": args.max_seconds, "warmup": 1, "rounds": TIMING_ROUNDS},
         "memory_budget_gb": round(budget / 2**30, 1),
         "implementations": [{"name": i.name, "role": i.role, "title": i.title} for i in impls],
         "configurations": entries,
@@ -366,8 +377,10 @@ def render_results(results, png, markdown_dir):
         + (f", or of as many more as take {timing['min_seconds']:g} s,"
            if timing.get("min_seconds") else "")
         + f" after {timing['warmup']} warm-up call (of fewer, but at least 3, where "
-        f"{timing['max_seconds']:g} s passed first). "
-        f"Memory budget {results['memory_budget_gb']} GiB.", "",
+        f"{timing['max_seconds']:g} s passed first)"
+        + (f"; the calls of a configuration interleaved in {timing['rounds']} rounds. "
+           if timing.get("rounds") else ". ")
+        + f"Memory budget {results['memory_budget_gb']} GiB.", "",
     ]
 
     targeted = [e for e in entries if e["target"]]

@@ -357,24 +357,39 @@ def step(loss_fn: LossFn, problem: Problem, mode: str) -> Callable[[], None]:
     return forward_backward
 
 
-def median_ms(fn: Callable[[], object], device: str, repeats: int, max_seconds: float = math.inf,
-              warmup: int = 1, min_seconds: float = 0.0) -> float:
-    """Median wall time of fn in milliseconds after `warmup` calls: over `repeats` calls, and
-    more while they have taken less than min_seconds together (a short call is timed many
-    times, so that a slow phase of a shared machine weighs less in its median); stopping
-    early once max_seconds have passed and three calls are done. On cuda each call is
+# The rounds in which interleaved_medians_ms spreads the calls of each function.
+TIMING_ROUNDS = 5
+
+
+def interleaved_medians_ms(fns: Dict[object, Callable[[], object]], device: str, repeats: int,
+                           max_seconds: float = math.inf, warmup: int = 1,
+                           min_seconds: float = 0.0,
+                           rounds: int = TIMING_ROUNDS) -> Dict[object, float]:
+    """The median wall time of each of fns in milliseconds, their calls interleaved: after
+    `warmup` calls of each, `rounds` rounds in which each fn in turn is called for its share,
+    until it has had (round / rounds) of `repeats` calls and of min_seconds (a short call is
+    timed many times), so that a slow phase of a shared machine weighs on all of them alike
+    instead of on whichever ran then. Every fn gets three calls at least; one is left out of
+    the rounds once max_seconds of calls and three calls are done. On cuda each call is
     bracketed by torch.cuda.synchronize(), so that it counts the GPU work it queued, not only
     the launches."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):  # on cuda: context, allocator, kernel attributes
-        fn()
-    times = []
-    begin = time.perf_counter()
-    while len(times) < 3 or ((elapsed := time.perf_counter() - begin) < max_seconds
-                             and (len(times) < repeats or elapsed < min_seconds)):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    for fn in fns.values():
+        for _ in range(warmup):  # on cuda: context, allocator, kernel attributes
+            fn()
+    times = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)  # seconds of timed calls
+    for done in range(1, rounds + 1):
+        share = done / rounds
+        for name, fn in fns.items():
+            calls = times[name]
+            while len(calls) < 3 or (spent[name] < max_seconds
+                                     and (len(calls) < repeats * share
+                                          or spent[name] < min_seconds * share)):
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                calls.append(time.perf_counter() - start)
+                spent[name] += calls[-1]
+    return {name: statistics.median(calls) * 1e3 for name, calls in times.items()}

@@ -62,15 +62,27 @@ def test_small_eps_grid_is_outside_the_scaling_domain(suite):
 
 def test_median_times_a_short_call_until_min_seconds_and_stops_at_max_seconds(suite):
     calls = []
-    suite.median_ms(lambda: calls.append(1), "cpu", repeats=3, min_seconds=0.05, warmup=0)
+    suite.interleaved_medians_ms({"f": lambda: calls.append(1)}, "cpu", repeats=3,
+                                 min_seconds=0.05, warmup=0)
     assert len(calls) > 100  # an empty call takes well under 0.5 ms
     calls.clear()
-    suite.median_ms(lambda: calls.append(time.sleep(0.01)), "cpu", repeats=1000,
-                    max_seconds=0.05, warmup=0)
+    suite.interleaved_medians_ms({"f": lambda: calls.append(time.sleep(0.01))}, "cpu",
+                                 repeats=1000, max_seconds=0.05, warmup=0)
     assert 3 <= len(calls) <= 10
     calls.clear()
-    suite.median_ms(lambda: calls.append(1), "cpu", repeats=5, warmup=2)
+    suite.interleaved_medians_ms({"f": lambda: calls.append(1)}, "cpu", repeats=5, warmup=2)
     assert len(calls) == 7
+
+
+def test_medians_interleave_the_calls_of_their_functions_in_rounds(suite):
+    calls = []
+    medians = suite.interleaved_medians_ms(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append(time.sleep(0.001) or "b")},
+        "cpu", repeats=10, warmup=0, rounds=5)
+    assert calls.count("a") == calls.count("b") == 10
+    runs = [name for k, name in enumerate(calls) if k == 0 or calls[k - 1] != name]
+    assert runs == ["a", "b"] * 5  # two calls of each per round, in turn
+    assert medians["b"] > 1 > medians["a"]  # ms
 
 
 def test_pytest_benchmark_suite_runs_the_smoke_grid(suite):
