@@ -81,7 +81,7 @@ def test_medians_interleave_the_calls_of_their_functions_in_rounds(suite):
         "cpu", repeats=10, warmup=0, rounds=5)
     assert calls.count("a") == calls.count("b") == 10
     runs = [name for k, name in enumerate(calls) if k == 0 or calls[k - 1] != name]
-    assert runs == ["a", "b"] * 5  # two calls of each per round, in turn
+    assert runs == ["a", "b"] * 5  # each called in every round, in turn
     assert medians["b"] > 1 > medians["a"]  # ms
 
 
