@@ -179,15 +179,21 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
     }
     return;
   }
-  // Small d: sum_c H_rc and sum_c H_rc b_ck along each row of H.
-  for_each_row(batch, rows, (d + 1) * cols, [&](int64_t bi, int64_t r) {
-    const int64_t br = bi * rows + r;
-    thread_local std::vector<T> sums;
-    sums.resize(static_cast<std::size_t>(d + 1));
-    matvec(b.ones_and_coordinates(bi), static_cast<int>(d + 1), static_cast<int>(cols),
-           H + br * cols, sums.data());
-    for (int64_t k = 0; k < d; ++k)
-      grad_a[br * d + k] = scale[bi] * (a.points[br * d + k] * sums[0] - sums[k + 1]);
+  // Small d: sum_c H_rc and sum_c H_rc b_ck, the products of a tile of rows of H with the row
+  // of ones and each of b's coordinates while the tile is in cache.
+  for_each_tile(batch, rows, (d + 1) * cols, [&](int64_t bi, int64_t r0, int64_t r1) {
+    const int count = static_cast<int>(r1 - r0);
+    thread_local std::vector<T> sums;  // (d + 1, count)
+    sums.resize(static_cast<std::size_t>((d + 1) * count));
+    for (int64_t k = 0; k <= d; ++k)
+      matvec(H + (bi * rows + r0) * cols, count, static_cast<int>(cols),
+             b.ones_and_coordinates(bi) + k * cols, sums.data() + k * count);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t br = bi * rows + r;
+      for (int64_t k = 0; k < d; ++k)
+        grad_a[br * d + k] = scale[bi] * (a.points[br * d + k] * sums[r - r0] -
+                                          sums[(k + 1) * count + r - r0]);
+    }
   });
   if (grad_b == nullptr && !b_is_a) return;
   // sum_r H_rc and sum_r H_rc a_rk, by blocks of columns: grad_b, or for b_is_a added to grad_a.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/exp.h"
@@ -526,11 +527,11 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, long stride,
   }
 }
 
+// A row of H over the row of K it overwrites (scaling_gradient_rows), from its rank-R sums.
 template <typename T>
-SK_INLINE void scaling_gradient_row_impl(T* __restrict__ K_row, const T* __restrict__ rank_row,
-                                         const T* __restrict__ C_row, T t_row,
-                                         const T* __restrict__ t_column, T inv_eps, int n,
-                                         Cost cost) {
+SK_INLINE void scaling_gradient_row(T* __restrict__ K_row, const T* __restrict__ rank_row,
+                                    const T* __restrict__ C_row, T t_row,
+                                    const T* __restrict__ t_column, T inv_eps, int n, Cost cost) {
   if (cost == Cost::kSqEuclidean) {
 #pragma omp simd
     for (int c = 0; c < n; ++c)
@@ -541,6 +542,112 @@ SK_INLINE void scaling_gradient_row_impl(T* __restrict__ K_row, const T* __restr
     for (int c = 0; c < n; ++c)
       K_row[c] = K_row[c] * (rank_row[c] + t_row * t_column[c] * (T(1) - C_row[c] * inv_eps)) *
                  cost_slope(C_row[c], Cost::kEuclidean);
+  }
+}
+
+// 64-byte vectors of GCC's vector extensions, which each target_clones target maps on its own
+// registers (one zmm, two ymm or four xmm): the register blocks of scaling_gradient_rows
+// written once for all of them.
+template <typename T>
+struct Vector64;
+template <>
+struct Vector64<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct Vector64<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+
+constexpr int kGradientVectors = 2;  // per row of a register block
+constexpr int kGradientRows = 4;     // rows of a register block
+// Columns of F read per pass of the row blocks over them, in bytes of a row: R of these
+// rows stay in cache while every row block reads them.
+constexpr int kGradientChunkBytes = 2048;
+
+// scaling_gradient_rows for Rows rows and the gradient_block_columns<T>() columns from c0
+// (those below n written): the rank-R sums in Rows x kGradientVectors registers, over k in
+// order, then the rows of H. The K and C of the next block are fetched meanwhile (they come
+// from memory at large sizes; the sums take R multiply-adds per element).
+template <typename T, int Rows>
+SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A, int R,
+                                      const T* __restrict__ F, long f_stride,
+                                      const T* __restrict__ C, long c_stride,
+                                      const T* __restrict__ t_row,
+                                      const T* __restrict__ t_column, T inv_eps, int n, int c0,
+                                      Cost cost) {
+  using Vec = typename Vector64<T>::type;
+  constexpr int W = static_cast<int>(sizeof(Vec) / sizeof(T));
+  constexpr int kColumns = gradient_block_columns<T>();
+  if (c0 + 2 * kColumns <= n) {
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kGradientVectors; ++v) {
+        __builtin_prefetch(K + static_cast<long>(q) * n + c0 + kColumns + v * W);
+        __builtin_prefetch(C + q * c_stride + c0 + kColumns + v * W);
+      }
+    }
+  }
+  Vec acc[Rows][kGradientVectors];
+#pragma GCC unroll 4
+  for (int q = 0; q < Rows; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < kGradientVectors; ++v) acc[q][v] = Vec{};
+  for (int k = 0; k < R; ++k) {
+    Vec f[kGradientVectors];
+#pragma GCC unroll 4
+    for (int v = 0; v < kGradientVectors; ++v)
+      std::memcpy(&f[v], F + k * f_stride + c0 + v * W, sizeof(Vec));
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) {
+      const T a = A[q * R + k];
+#pragma GCC unroll 4
+      for (int v = 0; v < kGradientVectors; ++v) acc[q][v] += a * f[v];
+    }
+  }
+  T rank[Rows][kColumns];
+  std::memcpy(rank, acc, sizeof(rank));
+  const int width = std::min(kColumns, n - c0);
+  for (int q = 0; q < Rows; ++q)
+    scaling_gradient_row(K + static_cast<long>(q) * n + c0, rank[q], C + q * c_stride + c0,
+                         t_row[q], t_column + c0, inv_eps, width, cost);
+}
+
+template <typename T>
+SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, long f_stride,
+                                          const T* C, long c_stride, const T* t_row,
+                                          const T* t_column, T inv_eps, int rows, int n,
+                                          Cost cost) {
+  constexpr int kColumns = gradient_block_columns<T>();
+  constexpr int kChunk = kGradientChunkBytes / static_cast<int>(sizeof(T));
+  for (int chunk = 0; chunk < n; chunk += kChunk) {
+    const int chunk_end = std::min(n, chunk + kChunk);
+    for (int r = 0; r < rows; r += kGradientRows) {
+      T* K_rows = K + static_cast<long>(r) * n;
+      const T* A_rows = A + static_cast<long>(r) * R;
+      const T* C_rows = C + r * c_stride;
+      for (int c0 = chunk; c0 < chunk_end; c0 += kColumns) {
+        switch (std::min(kGradientRows, rows - r)) {
+          case 1:
+            scaling_gradient_block<T, 1>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
+                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            break;
+          case 2:
+            scaling_gradient_block<T, 2>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
+                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            break;
+          case 3:
+            scaling_gradient_block<T, 3>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
+                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            break;
+          default:
+            scaling_gradient_block<T, kGradientRows>(K_rows, A_rows, R, F, f_stride, C_rows,
+                                                     c_stride, t_row + r, t_column, inv_eps, n,
+                                                     c0, cost);
+        }
+      }
+    }
   }
 }
 
@@ -672,10 +779,12 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                                const T* v, T* acc) {                         \
     matvec_transposed_impl<T, true>(A, a_stride, B, b_stride, rows, width, v, acc);          \
   }                                                                                          \
-  SK_CPU_CLONES void scaling_gradient_row(T* K_row, const T* rank_row, const T* C_row,       \
-                                          T t_row, const T* t_column, T inv_eps, int n,      \
-                                          Cost cost) {                                       \
-    scaling_gradient_row_impl(K_row, rank_row, C_row, t_row, t_column, inv_eps, n, cost);    \
+  SK_CPU_CLONES void scaling_gradient_rows(T* K, const T* A, int R, const T* F, long f_stride, \
+                                           const T* C, long c_stride, const T* t_row,        \
+                                           const T* t_column, T inv_eps, int rows, int n,    \
+                                           Cost cost) {                                      \
+    scaling_gradient_rows_impl(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,  \
+                               rows, n, cost);                                               \
   }                                                                                          \
   SK_CPU_CLONES T squared_distance_by_lanes(const T* a, const T* b, int d) {                 \
     return lane_squared_distance(a, b, d);                                                   \

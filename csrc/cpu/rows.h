@@ -81,12 +81,22 @@ void matvec_product_transposed(const float* A, long a_stride, const float* B, lo
                                int rows, int width, const float* v, float* acc);
 void matvec_product_transposed(const double* A, long a_stride, const double* B, long b_stride,
                                int rows, int width, const double* v, double* acc);
-// A row of H = dW/dC * k(C) for the scaling strategy, over the row of K it overwrites:
-// H_c = K_c (rank_c + t_row t_column_c (1 - C_c inv_eps)) k(C_c), with k of core/cost.h
-void scaling_gradient_row(float* K_row, const float* rank_row, const float* C_row, float t_row,
-                          const float* t_column, float inv_eps, int n, Cost cost);
-void scaling_gradient_row(double* K_row, const double* rank_row, const double* C_row,
-                          double t_row, const double* t_column, double inv_eps, int n, Cost cost);
+// The rows r < rows of H = dW/dC * k(C) for the scaling strategy, over the rows of K (rows, n)
+// they overwrite, with k of core/cost.h and C's rows c_stride apart:
+//   H_rc = K_rc (sum_k A[r * R + k] F[k * f_stride + c] + t_row_r t_column_c (1 - C_rc / eps))
+//          k(C_rc). The rank-R sums are made in registers, by blocks of rows and of
+// gradient_block_columns<T>() columns, each over k in order; F's rows hold a whole number of
+// blocks (f_stride >= n rounded up to one), whose columns past n are read but not used.
+template <typename T>
+constexpr int gradient_block_columns() {
+  return static_cast<int>(128 / sizeof(T));
+}
+void scaling_gradient_rows(float* K, const float* A, int R, const float* F, long f_stride,
+                           const float* C, long c_stride, const float* t_row,
+                           const float* t_column, float inv_eps, int rows, int n, Cost cost);
+void scaling_gradient_rows(double* K, const double* A, int R, const double* F, long f_stride,
+                           const double* C, long c_stride, const double* t_row,
+                           const double* t_column, double inv_eps, int rows, int n, Cost cost);
 // sum_k (a_k - b_k)^2, summed in vector lanes (for large d; core/cost.h squared_distance sums
 // in order)
 float squared_distance_by_lanes(const float* a, const float* b, int d);

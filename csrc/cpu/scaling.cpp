@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "core/softmin.h"
-#include "cpu/blas.h"
 #include "cpu/cost_matrix.h"
 #include "cpu/parallel.h"
 #include "cpu/rows.h"
@@ -39,14 +38,6 @@ int64_t fused_tile_rows(int64_t cols) {
   constexpr int64_t kTileBytes = 256 * 1024;
   const int64_t fit = kTileBytes / (cols * static_cast<int64_t>(sizeof(T))) / kRowBlock;
   return std::clamp<int64_t>(fit * kRowBlock, kRowBlock, kTileRows);
-}
-
-// Rows per BLAS product of the backward's rank-2L part: as many as keep the block within
-// 256 KB, at least kTileRows; each call has a fixed cost, which small blocks pay many times.
-template <typename T>
-int64_t rank_product_rows(int64_t cols) {
-  constexpr int64_t kBlockBytes = 256 * 1024;
-  return std::max<int64_t>(kTileRows, kBlockBytes / (cols * static_cast<int64_t>(sizeof(T))));
 }
 
 // One pass over K (B, rows, cols) for both half-steps of an iteration, or of a reverse level:
@@ -259,7 +250,11 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   Buffer<T> f_buffer(B * m), g_buffer(B * n);
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * n), shift_buffer(B);
   Buffer<T> f_factor_buffer(B * m), f_shift_buffer(B), part_column_buffer(B * parts * n);
-  Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R), F_buffer(B * R * n);
+  // F's rows padded to whole blocks of the rank kernel (cpu/rows.h scaling_gradient_rows).
+  const int64_t f_stride = (n + gradient_block_columns<T>() - 1) / gradient_block_columns<T>() *
+                           gradient_block_columns<T>();
+  Buffer<T> column_buffer(B * n), row_buffer(B * m), A_buffer(B * m * R);
+  Buffer<T> F_buffer(B * R * f_stride);
   Buffer<T> terminal_row_buffer(B * m), terminal_column_buffer(B * n);
   Buffer<T> factor_buffer(B * std::max(m, n));  // exponential factors, by rows or by columns
   T* K = p.kernel_matrix ? p.kernel_matrix : K_buffer.get();
@@ -309,7 +304,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < n; ++j) {
         e[b * n + j] *= psi[b * n + j];
-        F[(b * R + k) * n + j] = e[b * n + j];
+        F[(b * R + k) * f_stride + j] = e[b * n + j];
       }
     }
     // Adjoint of the f-update, over the columns j: e_ji = exp((s_j + f_i - C_ij) / eps)
@@ -347,7 +342,7 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
         const T* part_sums = part_columns + (b * parts + part) * n;
         for (int64_t j = 0; j < n; ++j) sums[j] += part_sums[j];
       }
-      T* F_row = F + (b * R + k + 1) * n;
+      T* F_row = F + (b * R + k + 1) * f_stride;
       if (l == 1) {  // g^0 = 0
         std::fill(F_row, F_row + n, fast_exp(f_shift[b] * inv_eps));
         continue;
@@ -362,27 +357,15 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
     }
   }
 
-  // H = dW/dC * k(C), written over K tile by tile, the rank-2L part A F from BLAS for blocks
-  // of rows (rank_product_rows: one product per block, not per tile, where rows are many).
-  const int64_t block_rows = rank_product_rows<T>(n);
-  for_each_row_range(B, m, (R + 8) * n, [&](int64_t b, int64_t r0, int64_t r1) {
-    thread_local std::vector<T> rank_block;
-    const T* t_column = terminal_column + b * n;
-    for (int64_t g0 = r0; g0 < r1; g0 += block_rows) {
-      const int64_t g1 = std::min(r1, g0 + block_rows);
-      rank_block.resize(static_cast<std::size_t>((g1 - g0) * n));
-      matmul(A + (b * m + g0) * R, F + b * R * n, g1 - g0, R, n, rank_block.data());
-      for (int64_t i0 = g0; i0 < g1; i0 += kTileRows) {
-        const int64_t i1 = std::min(g1, i0 + kTileRows);
-        const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t bi = b * m + i;
-          scaling_gradient_row(K + bi * n, rank_block.data() + (i - g0) * n,
-                               C_tile + (i - i0) * stride, terminal_row[bi], t_column, inv_eps,
-                               static_cast<int>(n), p.cost);
-        }
-      }
-    }
+  // H = dW/dC * k(C), written over K tile by tile, the rank-2L part in registers.
+  for (int64_t row = 0; row < B * R; ++row)  // the padding: finite, though unused
+    std::fill(F + row * f_stride + n, F + (row + 1) * f_stride, T(0));
+  for_each_tile(B, m, (R + 8) * n, [&](int64_t b, int64_t i0, int64_t i1) {
+    const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
+    scaling_gradient_rows(K + (b * m + i0) * n, A + (b * m + i0) * R, static_cast<int>(R),
+                          F + b * R * f_stride, f_stride, C_tile, stride, terminal_row + b * m + i0,
+                          terminal_column + b * n, inv_eps, static_cast<int>(i1 - i0),
+                          static_cast<int>(n), p.cost);
   });
   finish_backward(p, K);
 }

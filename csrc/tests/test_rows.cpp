@@ -1,7 +1,8 @@
 // The products with a vector of csrc/cpu/rows.cpp (matvec and matvec_transposed: hand-written
 // AVX-512 kernels where the machine has them, the compiler's otherwise; the elementwise
 // product forms) against sums in long double, over shapes around their blocks of rows, their
-// vector widths and matvec_transposed's blocks of up to eight vectors of columns.
+// vector widths and matvec_transposed's blocks of up to eight vectors of columns; and the
+// rows of the scaling backward's H (scaling_gradient_rows, its rank-R sums in registers).
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -90,6 +91,69 @@ void check_matvec_transposed_matches_exact_sums() {
   }
 }
 
+// scaling_gradient_rows against H computed in long double, with F's padding (the columns past
+// n up to f_stride) set to NaN, which must not reach H; and each row alike however many rows
+// a call has (a tile of any height, as every thread count makes them), bitwise.
+template <typename T>
+void check_scaling_gradient_rows_match_exact_values() {
+  using sinkhorn::Cost;
+  constexpr int kBlock = sinkhorn::cpu::gradient_block_columns<T>();
+  const T inv_eps = T(0.7);
+  std::uint64_t seed = 300;
+  for (const Cost cost : {Cost::kSqEuclidean, Cost::kEuclidean}) {
+    for (int rank : {1, 3, 40}) {
+      for (int rows : kRows) {
+        for (int n : kColumns) {
+          const long f_stride = (n + kBlock - 1) / kBlock * kBlock;
+          const long c_stride = n + 3;  // C a tile of a wider matrix
+          const std::vector<T> K = uniform<T>(rows * n, seed++);
+          const std::vector<T> A = uniform<T>(rows * rank, seed++);
+          std::vector<T> F = uniform<T>(rank * f_stride, seed++);
+          for (int k = 0; k < rank; ++k)
+            for (long c = n; c < f_stride; ++c) F[k * f_stride + c] = std::nan("");
+          std::vector<T> C = uniform<T>(rows * c_stride, seed++);
+          for (T& c : C) c = std::fabs(c) + T(0.1);  // costs, > 0
+          const std::vector<T> t_row = uniform<T>(rows, seed++);
+          const std::vector<T> t_column = uniform<T>(n, seed++);
+          std::vector<T> H = K;
+          sinkhorn::cpu::scaling_gradient_rows(H.data(), A.data(), rank, F.data(), f_stride,
+                                               C.data(), c_stride, t_row.data(), t_column.data(),
+                                               inv_eps, rows, n, cost);
+          for (int r = 0; r < rows; ++r) {
+            std::vector<T> single(K.begin() + r * n, K.begin() + (r + 1) * n);
+            sinkhorn::cpu::scaling_gradient_rows(single.data(), A.data() + r * rank, rank,
+                                                 F.data(), f_stride, C.data() + r * c_stride,
+                                                 c_stride, t_row.data() + r, t_column.data(),
+                                                 inv_eps, 1, n, cost);
+            for (int c = 0; c < n; ++c) {
+              const long double cost_rc = C[r * c_stride + c];
+              long double sum = 0, magnitude = 0;
+              for (int k = 0; k < rank; ++k) {
+                const long double term =
+                    static_cast<long double>(A[r * rank + k]) * F[k * f_stride + c];
+                sum += term;
+                magnitude += std::fabs(term);
+              }
+              const long double terminal =
+                  static_cast<long double>(t_row[r]) * t_column[c] * (1 - cost_rc * inv_eps);
+              const long double slope = cost == Cost::kSqEuclidean ? 2 : 1 / cost_rc;
+              const long double exact = K[r * n + c] * (sum + terminal) * slope;
+              const long double bound =
+                  std::fabs(K[r * n + c] * slope) * (magnitude + std::fabs(terminal));
+              SK_CHECK_CLOSE(H[r * n + c], exact, tolerance<T>(bound, rank + 4))
+                  << "rank = " << rank << ", rows = " << rows << ", n = " << n << ", row " << r
+                  << ", column " << c;
+              SK_CHECK(single[c] == H[r * n + c])
+                  << "rank = " << rank << ", rows = " << rows << ", n = " << n << ", row " << r
+                  << ", column " << c << ": " << single[c] << " alone, " << H[r * n + c];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 SK_TEST(rows, float_matvec_matches_exact_sums) { check_matvec_matches_exact_sums<float>(); }
@@ -105,4 +169,10 @@ SK_TEST(rows, float_matvec_product_transposed_matches_exact_sums) {
 }
 SK_TEST(rows, double_matvec_product_transposed_matches_exact_sums) {
   check_matvec_transposed_matches_exact_sums<double, true>();
+}
+SK_TEST(rows, float_scaling_gradient_rows_match_exact_values) {
+  check_scaling_gradient_rows_match_exact_values<float>();
+}
+SK_TEST(rows, double_scaling_gradient_rows_match_exact_values) {
+  check_scaling_gradient_rows_match_exact_values<double>();
 }
