@@ -157,25 +157,40 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
     }
   }
   if (a.by_products()) {
-    // grad_a = scale (a * (H 1) - H b), grad_b = scale (b * (H^T 1) - H^T a): the products
-    // from BLAS, written in place.
-    auto finish = [&](const at::Tensor& sums, const T* points, T s, T* grad, int64_t count) {
-      const T* sum = sums.const_data_ptr<T>();
+    // grad_a = scale (a * (H 1) - H b) and grad_b = scale (b * (H^T 1) - H^T a): the products
+    // from BLAS, written in place, and the sums of the rows and columns by the row kernels.
+    // b_is_a: grad_a = -scale (H - diag(H 1)) a for H + H^T (formed above), one product
+    // with the row sums taken off the diagonal first.
+    std::vector<T> sums(static_cast<std::size_t>(std::max(rows, cols)));
+    auto finish = [&](const T* points, T s, T* grad, int64_t count) {
       for (int64_t r = 0; r < count; ++r)
         for (int64_t k = 0; k < d; ++k)
-          grad[r * d + k] = s * (points[r * d + k] * sum[r] - grad[r * d + k]);
+          grad[r * d + k] = s * (points[r * d + k] * sums[r] - grad[r * d + k]);
     };
     for (int64_t bi = 0; bi < batch; ++bi) {
-      const at::Tensor Hb = matrix(H + bi * rows * cols, rows, cols);
+      T* Hb = H + bi * rows * cols;
+      for_each_row_range(1, rows, cols, [&](int64_t, int64_t r0, int64_t r1) {
+        matvec(Hb + r0 * cols, static_cast<int>(r1 - r0), static_cast<int>(cols),
+               b.ones_and_coordinates(bi), sums.data() + r0);
+      });
       at::Tensor out = matrix(grad_a + bi * rows * d, rows, d);
-      at::mm_out(out, Hb, matrix(b.point(bi, 0), cols, d));
-      finish(at::mv(Hb, matrix(b.ones_and_coordinates(bi), 1, cols)[0]), a.point(bi, 0),
-             scale[bi], grad_a + bi * rows * d, rows);
+      if (b_is_a) {
+        for (int64_t r = 0; r < rows; ++r) Hb[r * rows + r] -= sums[r];
+        at::addmm_out(out, out, matrix(Hb, rows, cols), matrix(b.point(bi, 0), cols, d),
+                      /*beta=*/0, /*alpha=*/-scale[bi]);
+        continue;
+      }
+      at::mm_out(out, matrix(Hb, rows, cols), matrix(b.point(bi, 0), cols, d));
+      finish(a.point(bi, 0), scale[bi], grad_a + bi * rows * d, rows);
       if (grad_b == nullptr) continue;
+      for_each_column_block(1, cols, rows, [&](int64_t, int64_t c0, int64_t c1) {
+        std::fill(sums.begin() + c0, sums.begin() + c1, T(0));
+        matvec_transposed(Hb + c0, static_cast<int>(rows), cols, static_cast<int>(c1 - c0),
+                          a.ones_and_coordinates(bi), sums.data() + c0);
+      });
       at::Tensor out_t = matrix(grad_b + bi * cols * d, cols, d);
-      at::mm_out(out_t, Hb.t(), matrix(a.point(bi, 0), rows, d));
-      finish(at::mv(Hb.t(), matrix(a.ones_and_coordinates(bi), 1, rows)[0]), b.point(bi, 0),
-             scale[bi], grad_b + bi * cols * d, cols);
+      at::mm_out(out_t, matrix(Hb, rows, cols).t(), matrix(a.point(bi, 0), rows, d));
+      finish(b.point(bi, 0), scale[bi], grad_b + bi * cols * d, cols);
     }
     return;
   }
