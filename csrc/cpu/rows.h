@@ -83,7 +83,7 @@ void matvec_product_transposed(const double* A, long a_stride, const double* B, 
                                int rows, int width, const double* v, double* acc);
 // The rows r < rows of H = dW/dC * k(C) for the scaling strategy, over the rows of K (rows, n)
 // they overwrite, with k of core/cost.h and C's rows c_stride apart:
-//   H_rc = K_rc (sum_k A[r * R + k] F[k * f_stride + c] + t_row_r t_column_c (1 - C_rc / eps))
+//   H_rc = K_rc (sum_k A[r * R + k] F[k * f_stride + c] + t_row_r t_column_c (1 - C_rc inv_eps))
 //          k(C_rc). The rank-R sums are made in registers, by blocks of rows and of
 // gradient_block_columns<T>() columns, each over k in order; F's rows hold a whole number of
 // blocks (f_stride >= n rounded up to one), whose columns past n are read but not used.
