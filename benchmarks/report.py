@@ -85,11 +85,10 @@ How the figures are made:
   and 10 for d = 784, as the targets of issue 4 set it. m = n.
 - **Timing.** Forward runs on inputs without gradient. Forward + backward takes the gradient
   with respect to x. Each time is the median of its calls, after one warm-up call. On CUDA each
-  call is bracketed by `torch.cuda.synchronize()`. Where a section's timing line says so, the
-  calls of a configuration's implementations and modes are interleaved: in each of a few rounds
-  every one is called in turn for its share of the calls, so that a slow phase of a shared
-  machine weighs on all of them alike, not on whichever ran then. (Sections without it timed
-  one implementation and mode after another.)
+  call is bracketed by `torch.cuda.synchronize()`. The calls of a configuration's
+  implementations and modes are interleaved: in each of a few rounds every one is called in
+  turn for its share of the calls, so that a slow phase of a shared machine weighs on all of
+  them alike, not on whichever ran then.
 - **Speed-up.** The faster baseline's time (reference or Alg. 2 scaling) divided by the fused
   time.
 - **Peak extra memory.** One forward + backward in a fresh process per configuration and
@@ -377,10 +376,9 @@ def render_results(results, png, markdown_dir):
         + (f", or of as many more as take {timing['min_seconds']:g} s,"
            if timing.get("min_seconds") else "")
         + f" after {timing['warmup']} warm-up call (of fewer, but at least 3, where "
-        f"{timing['max_seconds']:g} s passed first)"
-        + (f"; the calls of a configuration interleaved in {timing['rounds']} rounds. "
-           if timing.get("rounds") else ". ")
-        + f"Memory budget {results['memory_budget_gb']} GiB.", "",
+        f"{timing['max_seconds']:g} s passed first); the calls of a configuration interleaved "
+        f"in {timing['rounds']} rounds. "
+        f"Memory budget {results['memory_budget_gb']} GiB.", "",
     ]
 
     targeted = [e for e in entries if e["target"]]
