@@ -11,6 +11,7 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define SK_AVX512 __attribute__((target("avx512f")))
+#define SK_AVX2 __attribute__((target("avx2,fma")))
 #define SK_HAVE_AVX512_KERNELS 1
 // GCC 12 reports its own AVX-512 intrinsics as reading an uninitialised value (GCC bug
 // 105593): the warning is silenced for the header alone.
@@ -489,6 +490,10 @@ bool has_avx512() {
   static const bool supported = __builtin_cpu_supports("avx512f");
   return supported;
 }
+bool has_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
 #endif
 
 // With Product, each row is the elementwise product of a row of M and one of P.
@@ -545,18 +550,11 @@ SK_INLINE void scaling_gradient_row(T* __restrict__ K_row, const T* __restrict__
   }
 }
 
-// 64-byte vectors of GCC's vector extensions, which each target_clones target maps on its own
-// registers (one zmm, two ymm or four xmm): the register blocks of scaling_gradient_rows
-// written once for all of them.
-template <typename T>
-struct Vector64;
-template <>
-struct Vector64<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct Vector64<double> {
-  typedef double type __attribute__((vector_size(64)));
+// Vectors of Bytes bytes in GCC's vector extensions: the register blocks of
+// scaling_gradient_rows, written once for every width (scaling_gradient_rows_dispatch).
+template <typename T, int Bytes>
+struct Vector {
+  typedef T type __attribute__((vector_size(Bytes)));
 };
 
 constexpr int kGradientVectors = 2;  // per row of a register block
@@ -565,20 +563,27 @@ constexpr int kGradientRows = 4;     // rows of a register block
 // rows stay in cache while every row block reads them.
 constexpr int kGradientChunkBytes = 2048;
 
-// scaling_gradient_rows for Rows rows and the gradient_block_columns<T>() columns from c0
-// (those below n written): the rank-R sums in Rows x kGradientVectors registers, over k in
-// order, then the rows of H. The K and C of the next block are fetched meanwhile (they come
-// from memory at large sizes; the sums take R multiply-adds per element).
-template <typename T, int Rows>
+// The columns of a register block of vectors of Bytes bytes: a divisor of
+// gradient_block_columns<T>(), to which F's rows are padded.
+template <typename T, int Bytes>
+constexpr int gradient_register_columns() {
+  return kGradientVectors * Bytes / static_cast<int>(sizeof(T));
+}
+
+// scaling_gradient_rows for Rows rows and the gradient_register_columns columns from c0 (those
+// below n written): the rank-R sums in Rows x kGradientVectors registers, over k in order,
+// then the rows of H. The K and C of the next block are fetched meanwhile (they come from
+// memory at large sizes; the sums take R multiply-adds per element).
+template <typename T, int Bytes, int Rows>
 SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A, int R,
                                       const T* __restrict__ F, long f_stride,
                                       const T* __restrict__ C, long c_stride,
                                       const T* __restrict__ t_row,
                                       const T* __restrict__ t_column, T inv_eps, int n, int c0,
                                       Cost cost) {
-  using Vec = typename Vector64<T>::type;
-  constexpr int W = static_cast<int>(sizeof(Vec) / sizeof(T));
-  constexpr int kColumns = gradient_block_columns<T>();
+  using Vec = typename Vector<T, Bytes>::type;
+  constexpr int W = Bytes / static_cast<int>(sizeof(T));
+  constexpr int kColumns = gradient_register_columns<T, Bytes>();
   if (c0 + 2 * kColumns <= n) {
 #pragma GCC unroll 4
     for (int q = 0; q < Rows; ++q) {
@@ -614,12 +619,18 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
                          t_row[q], t_column + c0, inv_eps, width, cost);
 }
 
-template <typename T>
+// Register blocks of vectors of Bytes bytes: kGradientRows x kGradientVectors accumulators,
+// with the vectors of F beside them, fit the machine's registers (8 zmm of 32 on AVX-512,
+// 8 ymm of 16 on AVX2). Blocks too wide for the registers spill their sums to the stack on
+// every multiply-add.
+template <typename T, int Bytes>
 SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, long f_stride,
                                           const T* C, long c_stride, const T* t_row,
                                           const T* t_column, T inv_eps, int rows, int n,
                                           Cost cost) {
-  constexpr int kColumns = gradient_block_columns<T>();
+  constexpr int kColumns = gradient_register_columns<T, Bytes>();
+  static_assert(gradient_block_columns<T>() % kColumns == 0,
+                "F's padding must hold whole register blocks");
   constexpr int kChunk = kGradientChunkBytes / static_cast<int>(sizeof(T));
   for (int chunk = 0; chunk < n; chunk += kChunk) {
     const int chunk_end = std::min(n, chunk + kChunk);
@@ -630,26 +641,48 @@ SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, l
       for (int c0 = chunk; c0 < chunk_end; c0 += kColumns) {
         switch (std::min(kGradientRows, rows - r)) {
           case 1:
-            scaling_gradient_block<T, 1>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
-                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            scaling_gradient_block<T, Bytes, 1>(K_rows, A_rows, R, F, f_stride, C_rows,
+                                                c_stride, t_row + r, t_column, inv_eps, n, c0,
+                                                cost);
             break;
           case 2:
-            scaling_gradient_block<T, 2>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
-                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            scaling_gradient_block<T, Bytes, 2>(K_rows, A_rows, R, F, f_stride, C_rows,
+                                                c_stride, t_row + r, t_column, inv_eps, n, c0,
+                                                cost);
             break;
           case 3:
-            scaling_gradient_block<T, 3>(K_rows, A_rows, R, F, f_stride, C_rows, c_stride,
-                                         t_row + r, t_column, inv_eps, n, c0, cost);
+            scaling_gradient_block<T, Bytes, 3>(K_rows, A_rows, R, F, f_stride, C_rows,
+                                                c_stride, t_row + r, t_column, inv_eps, n, c0,
+                                                cost);
             break;
           default:
-            scaling_gradient_block<T, kGradientRows>(K_rows, A_rows, R, F, f_stride, C_rows,
-                                                     c_stride, t_row + r, t_column, inv_eps, n,
-                                                     c0, cost);
+            scaling_gradient_block<T, Bytes, kGradientRows>(K_rows, A_rows, R, F, f_stride,
+                                                            C_rows, c_stride, t_row + r,
+                                                            t_column, inv_eps, n, c0, cost);
         }
       }
     }
   }
 }
+
+#if SK_HAVE_AVX512_KERNELS
+template <typename T>
+SK_AVX512 void scaling_gradient_rows_avx512(T* K, const T* A, int R, const T* F, long f_stride,
+                                            const T* C, long c_stride, const T* t_row,
+                                            const T* t_column, T inv_eps, int rows, int n,
+                                            Cost cost) {
+  scaling_gradient_rows_impl<T, 64>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                    inv_eps, rows, n, cost);
+}
+template <typename T>
+SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, long f_stride,
+                                        const T* C, long c_stride, const T* t_row,
+                                        const T* t_column, T inv_eps, int rows, int n,
+                                        Cost cost) {
+  scaling_gradient_rows_impl<T, 32>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                    inv_eps, rows, n, cost);
+}
+#endif
 
 // The squared distances accumulate over k in order, as squared_distance does.
 template <typename T>
@@ -778,13 +811,6 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                                long b_stride, int rows, int width,           \
                                                const T* v, T* acc) {                         \
     matvec_transposed_impl<T, true>(A, a_stride, B, b_stride, rows, width, v, acc);          \
-  }                                                                                          \
-  SK_CPU_CLONES void scaling_gradient_rows(T* K, const T* A, int R, const T* F, long f_stride, \
-                                           const T* C, long c_stride, const T* t_row,        \
-                                           const T* t_column, T inv_eps, int rows, int n,    \
-                                           Cost cost) {                                      \
-    scaling_gradient_rows_impl(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,  \
-                               rows, n, cost);                                               \
   }                                                                                          \
   SK_CPU_CLONES T squared_distance_by_lanes(const T* a, const T* b, int d) {                 \
     return lane_squared_distance(a, b, d);                                                   \
@@ -918,6 +944,36 @@ void matvec_transposed(const float* M, int rows, long stride, int width, const f
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
                        double* acc) {
   matvec_transposed_dispatch(M, rows, stride, width, v, acc);
+}
+
+// By the widest vectors whose register blocks fit the machine's registers.
+template <typename T>
+void scaling_gradient_rows_dispatch(T* K, const T* A, int R, const T* F, long f_stride,
+                                    const T* C, long c_stride, const T* t_row, const T* t_column,
+                                    T inv_eps, int rows, int n, Cost cost) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512())
+    return scaling_gradient_rows_avx512(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                        inv_eps, rows, n, cost);
+  if (has_avx2())
+    return scaling_gradient_rows_avx2(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                      inv_eps, rows, n, cost);
+#endif
+  scaling_gradient_rows_impl<T, 16>(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
+                                    rows, n, cost);
+}
+
+void scaling_gradient_rows(float* K, const float* A, int R, const float* F, long f_stride,
+                           const float* C, long c_stride, const float* t_row,
+                           const float* t_column, float inv_eps, int rows, int n, Cost cost) {
+  scaling_gradient_rows_dispatch(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
+                                 rows, n, cost);
+}
+void scaling_gradient_rows(double* K, const double* A, int R, const double* F, long f_stride,
+                           const double* C, long c_stride, const double* t_row,
+                           const double* t_column, double inv_eps, int rows, int n, Cost cost) {
+  scaling_gradient_rows_dispatch(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
+                                 rows, n, cost);
 }
 
 template <typename T>
