@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "core/macros.h"
 
@@ -60,47 +61,32 @@ struct ExpConstants<double> {
                                    2.27265548208155028766e-1, 2.00000000000000000009e0};
 };
 
-SK_HOST_DEVICE SK_INLINE float fast_exp(float x) {
-#if defined(__CUDA_ARCH__)
-  return ::expf(x);
-#else
+#if !defined(__CUDA_ARCH__)
+// exp(xc) = e^r 2^n for xc in [kMin, kMax]: returns e^r, with r = xc - n ln 2 in
+// [-ln2/2, ln2/2], and sets n = round(xc / ln 2).
+SK_INLINE float exp_reduced(float xc, std::int32_t& n) {
   using E = ExpConstants<float>;
-  const float xc = x < E::kMin ? E::kMin : (x > E::kMax ? E::kMax : x);
   const float t = xc * E::kLog2e + E::kRound;
-  const float n = t - E::kRound;
-  float r = xc - n * E::kLn2Hi;
-  r = r - n * E::kLn2Lo;
+  const float nf = t - E::kRound;
+  float r = xc - nf * E::kLn2Hi;
+  r = r - nf * E::kLn2Lo;
   float p = E::kP[0];
   p = p * r + E::kP[1];
   p = p * r + E::kP[2];
   p = p * r + E::kP[3];
   p = p * r + E::kP[4];
   p = p * r + E::kP[5];
-  p = p * r * r + r + 1.0f;
   // t = 1.5 * 2^23 + n exactly, so the difference of the bit patterns is the integer n.
-  // 2^n is applied as 2^(n/2) 2^(n - n/2): each factor is a normal float over the whole
-  // range, and the product rounds (or overflows) exactly like exp itself.
-  const std::int32_t ni = static_cast<std::int32_t>(bit_cast<std::uint32_t>(t) -
-                                                    bit_cast<std::uint32_t>(E::kRound));
-  const std::int32_t half = ni >> 1;
-  const float y = p * bit_cast<float>(static_cast<std::uint32_t>(half + 127) << 23) *
-                  bit_cast<float>(static_cast<std::uint32_t>(ni - half + 127) << 23);
-  const float overflowed = x > E::kMax ? std::numeric_limits<float>::infinity() : y;
-  const float result = x < E::kMin ? 0.0f : overflowed;
-  return x != x ? x : result;
-#endif
+  n = static_cast<std::int32_t>(bit_cast<std::uint32_t>(t) - bit_cast<std::uint32_t>(E::kRound));
+  return p * r * r + r + 1.0f;
 }
 
-SK_HOST_DEVICE SK_INLINE double fast_exp(double x) {
-#if defined(__CUDA_ARCH__)
-  return ::exp(x);
-#else
+SK_INLINE double exp_reduced(double xc, std::int64_t& n) {
   using E = ExpConstants<double>;
-  const double xc = x < E::kMin ? E::kMin : (x > E::kMax ? E::kMax : x);
   const double t = xc * E::kLog2e + E::kRound;
-  const double n = t - E::kRound;
-  double r = xc - n * E::kLn2Hi;
-  r = r - n * E::kLn2Lo;
+  const double nf = t - E::kRound;
+  double r = xc - nf * E::kLn2Hi;
+  r = r - nf * E::kLn2Lo;
   const double rr = r * r;
   double p = E::kP[0];
   p = p * rr + E::kP[1];
@@ -110,15 +96,68 @@ SK_HOST_DEVICE SK_INLINE double fast_exp(double x) {
   q = q * rr + E::kQ[1];
   q = q * rr + E::kQ[2];
   q = q * rr + E::kQ[3];
-  const double e = 1.0 + 2.0 * (p / (q - p));
-  const std::int64_t ni = static_cast<std::int64_t>(bit_cast<std::uint64_t>(t) -
-                                                    bit_cast<std::uint64_t>(E::kRound));
-  const std::int64_t half = ni >> 1;
-  const double y = e * bit_cast<double>(static_cast<std::uint64_t>(half + 1023) << 52) *
-                   bit_cast<double>(static_cast<std::uint64_t>(ni - half + 1023) << 52);
-  const double overflowed = x > E::kMax ? std::numeric_limits<double>::infinity() : y;
-  const double result = x < E::kMin ? 0.0 : overflowed;
+  n = static_cast<std::int64_t>(bit_cast<std::uint64_t>(t) - bit_cast<std::uint64_t>(E::kRound));
+  return 1.0 + 2.0 * (p / (q - p));
+}
+
+// 2^n, for n in the exponent range of normal numbers.
+SK_INLINE float exp2_normal(std::int32_t n) {
+  return bit_cast<float>(static_cast<std::uint32_t>(n + 127) << 23);
+}
+SK_INLINE double exp2_normal(std::int64_t n) {
+  return bit_cast<double>(static_cast<std::uint64_t>(n + 1023) << 52);
+}
+
+// The integer type of n in exp_reduced for T.
+template <typename T>
+using ExpInt = std::conditional_t<sizeof(T) == sizeof(float), std::int32_t, std::int64_t>;
+
+template <typename T>
+SK_INLINE T fast_exp_impl(T x) {
+  using E = ExpConstants<T>;
+  const T xc = x < E::kMin ? E::kMin : (x > E::kMax ? E::kMax : x);
+  ExpInt<T> n;
+  const T e = exp_reduced(xc, n);
+  // 2^n is applied as 2^(n/2) 2^(n - n/2): each factor is a normal number over the whole
+  // range, and the product rounds (or overflows) exactly like exp itself.
+  const ExpInt<T> half = n >> 1;
+  const T y = e * exp2_normal(half) * exp2_normal(n - half);
+  const T overflowed = x > E::kMax ? std::numeric_limits<T>::infinity() : y;
+  const T result = x < E::kMin ? T(0) : overflowed;
   return x != x ? x : result;
+}
+#endif
+
+SK_HOST_DEVICE SK_INLINE float fast_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return fast_exp_impl(x);
+#endif
+}
+
+SK_HOST_DEVICE SK_INLINE double fast_exp(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return fast_exp_impl(x);
+#endif
+}
+
+// fast_exp(x) for x <= 0 (and -inf, NaN): the same bits, in about two thirds of its
+// instructions, since with no large argument to clamp n >= log2(min normal) and 2^n is one
+// normal factor. The log-sum-exps of max-shifted values, and K = exp(-C / eps), take exps of
+// arguments <= 0 only, and spend most of their time in them.
+template <typename T>
+SK_HOST_DEVICE SK_INLINE T fast_exp_nonpositive(T x) {
+#if defined(__CUDA_ARCH__)
+  return fast_exp(x);
+#else
+  using E = ExpConstants<T>;
+  const T xc = x < E::kMin ? E::kMin : x;
+  ExpInt<T> n;
+  const T y = exp_reduced(xc, n) * exp2_normal(n);
+  return x < E::kMin ? T(0) : y;  // NaN propagates through y
 #endif
 }
 

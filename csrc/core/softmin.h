@@ -65,7 +65,8 @@ SK_HOST_DEVICE SK_INLINE RowSums<T> softmin_row_sums(const T* __restrict__ row,
   for (int c = 0; c < n; ++c) {
     const T t = (h[c] - row[c]) * inv_eps;
     // exp(t - shift) is NaN for t = shift = -inf; such a term has no mass. A NaN propagates.
-    const T e = t == -std::numeric_limits<T>::infinity() ? T(0) : fast_exp(t - shift);
+    const T e =
+        t == -std::numeric_limits<T>::infinity() ? T(0) : fast_exp_nonpositive(t - shift);
     sum += e;
     if (WithExpectedCost) cost += row[c] * e;
   }
@@ -145,12 +146,12 @@ struct OnlineSoftmin {
   SK_HOST_DEVICE SK_INLINE void add(T h, T row_cost, T inv_eps) {
     const T t = (h - row_cost) * inv_eps;
     if (t > shift) {
-      const T rescale = fast_exp(shift - t);
+      const T rescale = fast_exp_nonpositive(shift - t);
       sum = sum * rescale + T(1);
       if (WithExpectedCost) cost = cost * rescale + row_cost;
       shift = t;
     } else if (t != -std::numeric_limits<T>::infinity()) {
-      const T e = fast_exp(t - shift);
+      const T e = fast_exp_nonpositive(t - shift);
       sum += e;
       if (WithExpectedCost) cost += row_cost * e;
     }
@@ -161,12 +162,12 @@ struct OnlineSoftmin {
   SK_HOST_DEVICE SK_INLINE void add(const RowSums<T>& piece) {
     if (piece.shift == -std::numeric_limits<T>::infinity() && piece.sum == T(0)) return;
     if (piece.shift > shift) {
-      const T rescale = fast_exp(shift - piece.shift);
+      const T rescale = fast_exp_nonpositive(shift - piece.shift);
       sum = sum * rescale + piece.sum;
       if (WithExpectedCost) cost = cost * rescale + piece.cost;
       shift = piece.shift;
     } else {
-      const T rescale = fast_exp(piece.shift - shift);
+      const T rescale = fast_exp_nonpositive(piece.shift - shift);
       sum += piece.sum * rescale;
       if (WithExpectedCost) cost += piece.cost * rescale;
     }

@@ -792,6 +792,11 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                 T* __restrict__ out) {                                       \
     _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = fast_exp((v[c] - shift) * scale); \
   }                                                                                          \
+  SK_CPU_CLONES void exp_affine_nonpositive_portable(const T* __restrict__ v, T shift, T scale, \
+                                                     int n, T* __restrict__ out) {           \
+    _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] =                                 \
+        fast_exp_nonpositive((v[c] - shift) * scale);                                        \
+  }                                                                                          \
   SK_CPU_CLONES void scaled_softmins(const T* __restrict__ sums, T shift, T eps, int n,     \
                                      T* __restrict__ out) {                                  \
     _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = scaled_softmin(sums[c], shift, eps); \
@@ -989,6 +994,22 @@ void exp_affine(const float* v, float shift, float scale, int n, float* out) {
 }
 void exp_affine(const double* v, double shift, double scale, int n, double* out) {
   exp_affine_dispatch(v, shift, scale, n, out);
+}
+
+// The AVX-512 exp_affine's exp costs the same for every argument.
+template <typename T>
+void exp_affine_nonpositive_dispatch(const T* v, T shift, T scale, int n, T* out) {
+#if SK_HAVE_AVX512_KERNELS
+  if (has_avx512()) return exp_affine_avx512(v, shift, scale, n, out);
+#endif
+  exp_affine_nonpositive_portable(v, shift, scale, n, out);
+}
+
+void exp_affine_nonpositive(const float* v, float shift, float scale, int n, float* out) {
+  exp_affine_nonpositive_dispatch(v, shift, scale, n, out);
+}
+void exp_affine_nonpositive(const double* v, double shift, double scale, int n, double* out) {
+  exp_affine_nonpositive_dispatch(v, shift, scale, n, out);
 }
 
 }  // namespace sinkhorn::cpu

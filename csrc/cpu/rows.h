@@ -58,6 +58,10 @@ void accumulate_piece(const double* gk, int n, const double* bt, long stride, co
 // out_c = exp((v_c - shift) * scale)
 void exp_affine(const float* v, float shift, float scale, int n, float* out);
 void exp_affine(const double* v, double shift, double scale, int n, double* out);
+// exp_affine where every (v_c - shift) * scale is <= 0 (or NaN), with fast_exp_nonpositive
+// (core/exp.h): K's exps, and those of values shifted by their maximum.
+void exp_affine_nonpositive(const float* v, float shift, float scale, int n, float* out);
+void exp_affine_nonpositive(const double* v, double shift, double scale, int n, double* out);
 // out_c = scaled_softmin(sums_c, shift, eps) = -shift - eps log(sums_c) (core/softmin.h)
 void scaled_softmins(const float* sums, float shift, float eps, int n, float* out);
 void scaled_softmins(const double* sums, double shift, double eps, int n, double* out);

@@ -28,7 +28,8 @@ template <typename T>
 void shifted_exp(const T* h, int64_t batch, int64_t count, T eps, T* shift, T* e) {
   for (int64_t b = 0; b < batch; ++b) {
     shift[b] = max_of(h + b * count, static_cast<int>(count));
-    exp_affine(h + b * count, shift[b], T(1) / eps, static_cast<int>(count), e + b * count);
+    exp_affine_nonpositive(h + b * count, shift[b], T(1) / eps, static_cast<int>(count),
+                           e + b * count);
   }
 }
 
@@ -112,8 +113,8 @@ void build_kernel_matrix(const Costs<T>& C, int64_t batch, int64_t m, int64_t n,
   for_each_tile(batch, m, (kExpWork + 4) * n, [&](int64_t b, int64_t i0, int64_t i1) {
     const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
     for (int64_t i = i0; i < i1; ++i)
-      exp_affine(C_tile + (i - i0) * stride, T(0), T(-1) / eps, static_cast<int>(n),
-                 K + (b * m + i) * n);
+      exp_affine_nonpositive(C_tile + (i - i0) * stride, T(0), T(-1) / eps,
+                             static_cast<int>(n), K + (b * m + i) * n);
   });
 }
 
@@ -186,7 +187,7 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
       delta = tile_max;
     }
     if (delta == kNone) return nullptr;  // zero weights alpha_i so far
-    exp_affine(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
+    exp_affine_nonpositive(f + b * m + i0, delta, inv_eps, count, weight + b * m + i0);
     return weight + b * m + i0;
   };
   // Iteration l's pass over K for the rows of a slot: their f-update, and their terms of the

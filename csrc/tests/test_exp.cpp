@@ -2,13 +2,16 @@
 // and double, through two builds of the same loop: the baseline one of this file's flags,
 // and a target_clones one (AVX-512 / AVX2+FMA where the machine has them) that vectorises
 // them the way the kernels of csrc/cpu/rows.cpp do; and exp through the kernels' own
-// exp_affine (csrc/cpu/rows.h), hand-written for AVX-512 where the machine has it.
+// exp_affine (csrc/cpu/rows.h), hand-written for AVX-512 where the machine has it. The
+// variant for arguments <= 0, fast_exp_nonpositive (and exp_affine_nonpositive), must give
+// fast_exp's bits there.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/exp.h"
@@ -90,6 +93,24 @@ void exp_kernel(const T* in, T* out, std::int64_t count) {
   sinkhorn::cpu::exp_affine(in, T(0), T(1), static_cast<int>(count), out);
 }
 
+// The same three of `out[k] = fast_exp_nonpositive(in[k])`, each to match its fast_exp.
+template <typename T>
+__attribute__((noinline)) void exp_nonpositive_baseline(const T* in, T* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_exp_nonpositive(in[k]);
+}
+
+SK_TEST_CLONES void exp_nonpositive_clones(const float* in, float* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_exp_nonpositive(in[k]);
+}
+SK_TEST_CLONES void exp_nonpositive_clones(const double* in, double* out, std::int64_t count) {
+  for (std::int64_t k = 0; k < count; ++k) out[k] = sinkhorn::fast_exp_nonpositive(in[k]);
+}
+
+template <typename T>
+void exp_nonpositive_kernel(const T* in, T* out, std::int64_t count) {
+  sinkhorn::cpu::exp_affine_nonpositive(in, T(0), T(1), static_cast<int>(count), out);
+}
+
 // The two builds of `out[k] = fast_log(in[k])`.
 template <typename T>
 __attribute__((noinline)) void log_baseline(const T* in, T* out, std::int64_t count) {
@@ -117,6 +138,15 @@ std::vector<NamedEvaluator<T>> evaluators() {
   return {{"baseline", &exp_baseline<T>},
           {"target_clones", static_cast<Evaluator<T>>(&exp_clones)},
           {"exp_affine", &exp_kernel<T>}};
+}
+
+// Pairs (fast_exp_nonpositive, fast_exp) of the same build.
+template <typename T>
+std::vector<std::pair<NamedEvaluator<T>, Evaluator<T>>> nonpositive_evaluators() {
+  return {{{"baseline", &exp_nonpositive_baseline<T>}, &exp_baseline<T>},
+          {{"target_clones", static_cast<Evaluator<T>>(&exp_nonpositive_clones)},
+           static_cast<Evaluator<T>>(&exp_clones)},
+          {{"exp_affine_nonpositive", &exp_nonpositive_kernel<T>}, &exp_kernel<T>}};
 }
 
 template <typename T>
@@ -381,6 +411,35 @@ void check_top_of_range() {
   }
 }
 
+// fast_exp_nonpositive gives fast_exp's bits, in each build, for every argument <= 0 sampled
+// as the accuracy sweep samples (every binade down to the lowest float, the underflow
+// threshold, each switch of n), and for -0, -inf and NaN.
+template <typename T>
+void check_nonpositive_matches_fast_exp() {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> specials = {T(0), -T(0), -inf, std::numeric_limits<T>::quiet_NaN(),
+                             -std::numeric_limits<T>::quiet_NaN()};
+  T v = lowest_normal_arg<T>();  // the underflow threshold, and 256 values below it
+  for (int k = 0; k < 256; ++k, v = next_down(v)) specials.push_back(v);
+  for (const auto& [nonpositive, reference] : nonpositive_evaluators<T>()) {
+    std::int64_t points = 0;
+    auto compare = [&](const std::vector<T>& in) {
+      std::vector<T> got(in.size()), expected(in.size());
+      nonpositive.fn(in.data(), got.data(), static_cast<std::int64_t>(in.size()));
+      reference(in.data(), expected.data(), static_cast<std::int64_t>(in.size()));
+      for (std::size_t k = 0; k < in.size(); ++k)
+        SK_CHECK(to_bits(got[k]) == to_bits(expected[k]) ||
+                 (std::isnan(got[k]) && std::isnan(expected[k])))
+            << nonpositive.name << " (" << Format<T>::kName << "): fast_exp_nonpositive("
+            << in[k] << ") = " << got[k] << ", fast_exp = " << expected[k];
+      points += static_cast<std::int64_t>(in.size());
+    };
+    for_each_sample<T>(std::numeric_limits<T>::lowest(), T(0), compare);
+    compare(specials);
+    SK_CHECK(points > 1000000) << nonpositive.name << ": only " << points << " points";
+  }
+}
+
 // fast_log over the positive finite numbers, subnormals included: every stride-th
 // representable value (about 2^24 of them), and runs of consecutive values around 1 (where
 // log is near 0), sqrt(1/2) (where the mantissa's range reduction switches) and the smallest
@@ -459,6 +518,8 @@ SK_TEST(exp, float_accuracy_sweep) { check_accuracy_sweep<float>(); }
 SK_TEST(exp, double_accuracy_sweep) { check_accuracy_sweep<double>(); }
 SK_TEST(exp, float_special_values) { check_special_values<float>(); }
 SK_TEST(exp, double_special_values) { check_special_values<double>(); }
+SK_TEST(exp, float_nonpositive_matches_fast_exp) { check_nonpositive_matches_fast_exp<float>(); }
+SK_TEST(exp, double_nonpositive_matches_fast_exp) { check_nonpositive_matches_fast_exp<double>(); }
 SK_TEST(exp, top_of_range) {
   check_top_of_range<float>();
   check_top_of_range<double>();
