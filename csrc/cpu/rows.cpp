@@ -12,7 +12,7 @@
 #define SK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define SK_AVX512 __attribute__((target("avx512f")))
 #define SK_AVX2 __attribute__((target("avx2,fma")))
-#define SK_HAVE_AVX512_KERNELS 1
+#define SK_HAVE_X86_KERNELS 1
 // GCC 12 reports its own AVX-512 intrinsics as reading an uninitialised value (GCC bug
 // 105593): the warning is silenced for the header alone.
 #pragma GCC diagnostic push
@@ -118,7 +118,7 @@ SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int
   }
 }
 
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
 // The kernels written by hand for AVX-512 (chosen at run time, has_avx512), on the lane
 // operations of Avx512<T>.
 template <typename T>
@@ -665,7 +665,7 @@ SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, l
   }
 }
 
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
 template <typename T>
 SK_AVX512 void scaling_gradient_rows_avx512(T* K, const T* A, int R, const T* F, long f_stride,
                                             const T* C, long c_stride, const T* t_row,
@@ -838,7 +838,7 @@ SK_DEFINE_ROWS(double)
 // One kernel for a machine, chosen once (results stay repeatable).
 template <typename T>
 RowSums<T> softmin_sums_dispatch(const T* row, const T* h, int n, T eps, bool with_expected_cost) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512())
     return with_expected_cost ? softmin_row_sums_avx512<T, true>(row, h, n, eps)
                               : softmin_row_sums_avx512<T, false>(row, h, n, eps);
@@ -881,7 +881,7 @@ double softmin_row_with_expected_cost(const double* row, const double* h, int n,
 template <typename T>
 T softmin_adjoint_row_dispatch(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
                                bool terminal, T* grad_row) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512())
     return terminal ? softmin_adjoint_row_avx512<T, true>(row, h, adj, s, w, n, eps, grad_row)
                     : softmin_adjoint_row_avx512<T, false>(row, h, adj, s, w, n, eps, grad_row);
@@ -901,7 +901,7 @@ double softmin_adjoint_row(const double* row, const double* h, const double* adj
 template <typename T>
 T adjoint_piece_dispatch(const T* row, const T* h, const T* adj, T s, T w, int n, T eps,
                          bool terminal, Cost cost, T* gk) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512())
     return terminal ? adjoint_piece_avx512<T, true>(row, h, adj, s, w, n, eps, cost, gk)
                     : adjoint_piece_avx512<T, false>(row, h, adj, s, w, n, eps, cost, gk);
@@ -920,7 +920,7 @@ double adjoint_piece(const double* row, const double* h, const double* adj, doub
 
 template <typename T>
 void matvec_dispatch(const T* M, int rows, int n, const T* v, T* out) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512()) return matvec_avx512(M, rows, n, v, out);
 #endif
   matvec_portable(M, rows, n, v, out);
@@ -936,7 +936,7 @@ void matvec(const double* M, int rows, int n, const double* v, double* out) {
 template <typename T>
 void matvec_transposed_dispatch(const T* M, int rows, long stride, int width, const T* v,
                                 T* acc) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512()) return matvec_transposed_avx512(M, rows, stride, width, v, acc);
 #endif
   matvec_transposed_portable(M, rows, stride, width, v, acc);
@@ -956,7 +956,7 @@ template <typename T>
 void scaling_gradient_rows_dispatch(T* K, const T* A, int R, const T* F, long f_stride,
                                     const T* C, long c_stride, const T* t_row, const T* t_column,
                                     T inv_eps, int rows, int n, Cost cost) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512())
     return scaling_gradient_rows_avx512(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
                                         inv_eps, rows, n, cost);
@@ -983,7 +983,7 @@ void scaling_gradient_rows(double* K, const double* A, int R, const double* F, l
 
 template <typename T>
 void exp_affine_dispatch(const T* v, T shift, T scale, int n, T* out) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512()) return exp_affine_avx512(v, shift, scale, n, out);
 #endif
   exp_affine_portable(v, shift, scale, n, out);
@@ -999,7 +999,7 @@ void exp_affine(const double* v, double shift, double scale, int n, double* out)
 // The AVX-512 exp_affine's exp costs the same for every argument.
 template <typename T>
 void exp_affine_nonpositive_dispatch(const T* v, T shift, T scale, int n, T* out) {
-#if SK_HAVE_AVX512_KERNELS
+#if SK_HAVE_X86_KERNELS
   if (has_avx512()) return exp_affine_avx512(v, shift, scale, n, out);
 #endif
   exp_affine_nonpositive_portable(v, shift, scale, n, out);

@@ -3,7 +3,9 @@
 // and still uses AVX-512 or AVX2 + FMA where they exist. matvec, matvec_transposed and
 // exp_affine, the scaling strategy's products with K and K^T and its exponentials, and the
 // softmin rows and adjoint rows and pieces of the log domain and of the online backend, are
-// also written by hand for AVX-512, chosen at run time.
+// also written by hand for AVX-512, chosen at run time; scaling_gradient_rows is compiled for
+// each vector width (AVX-512, AVX2, 16 bytes), its register blocks sized to fit, and chosen
+// at run time too.
 #pragma once
 
 #include "core/cost.h"
