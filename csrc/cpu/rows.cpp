@@ -981,35 +981,28 @@ void scaling_gradient_rows(double* K, const double* A, int R, const double* F, l
                                  rows, n, cost);
 }
 
-template <typename T>
+// With Nonpositive, every argument is <= 0 (exp_affine_nonpositive). The AVX-512 kernel's exp
+// costs the same for every argument.
+template <bool Nonpositive, typename T>
 void exp_affine_dispatch(const T* v, T shift, T scale, int n, T* out) {
 #if SK_HAVE_X86_KERNELS
   if (has_avx512()) return exp_affine_avx512(v, shift, scale, n, out);
 #endif
+  if (Nonpositive) return exp_affine_nonpositive_portable(v, shift, scale, n, out);
   exp_affine_portable(v, shift, scale, n, out);
 }
 
 void exp_affine(const float* v, float shift, float scale, int n, float* out) {
-  exp_affine_dispatch(v, shift, scale, n, out);
+  exp_affine_dispatch<false>(v, shift, scale, n, out);
 }
 void exp_affine(const double* v, double shift, double scale, int n, double* out) {
-  exp_affine_dispatch(v, shift, scale, n, out);
+  exp_affine_dispatch<false>(v, shift, scale, n, out);
 }
-
-// The AVX-512 exp_affine's exp costs the same for every argument.
-template <typename T>
-void exp_affine_nonpositive_dispatch(const T* v, T shift, T scale, int n, T* out) {
-#if SK_HAVE_X86_KERNELS
-  if (has_avx512()) return exp_affine_avx512(v, shift, scale, n, out);
-#endif
-  exp_affine_nonpositive_portable(v, shift, scale, n, out);
-}
-
 void exp_affine_nonpositive(const float* v, float shift, float scale, int n, float* out) {
-  exp_affine_nonpositive_dispatch(v, shift, scale, n, out);
+  exp_affine_dispatch<true>(v, shift, scale, n, out);
 }
 void exp_affine_nonpositive(const double* v, double shift, double scale, int n, double* out) {
-  exp_affine_nonpositive_dispatch(v, shift, scale, n, out);
+  exp_affine_dispatch<true>(v, shift, scale, n, out);
 }
 
 }  // namespace sinkhorn::cpu
