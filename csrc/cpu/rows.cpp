@@ -611,12 +611,32 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
       for (int v = 0; v < kGradientVectors; ++v) acc[q][v] += a * f[v];
     }
   }
-  T rank[Rows][kColumns];
+  if (c0 + kColumns <= n) {  // the rows of H straight from the registers
+    Vec t_col[kGradientVectors];
+#pragma GCC unroll 4
+    for (int v = 0; v < kGradientVectors; ++v)
+      std::memcpy(&t_col[v], t_column + c0 + v * W, sizeof(Vec));
+#pragma GCC unroll 4
+    for (int q = 0; q < Rows; ++q) {
+#pragma GCC unroll 4
+      for (int v = 0; v < kGradientVectors; ++v) {
+        T* K_at = K + static_cast<long>(q) * n + c0 + v * W;
+        Vec k, c;
+        std::memcpy(&k, K_at, sizeof(Vec));
+        std::memcpy(&c, C + q * c_stride + c0 + v * W, sizeof(Vec));
+        Vec h = k * (acc[q][v] + t_row[q] * t_col[v] * (T(1) - c * inv_eps));
+        // k(C) of core/cost.h cost_slope, by lanes: 1 / C where C > 0, else 0
+        h = cost == Cost::kSqEuclidean ? h * T(2) : h * (c > T(0) ? T(1) / c : Vec{});
+        std::memcpy(K_at, &h, sizeof(Vec));
+      }
+    }
+    return;
+  }
+  T rank[Rows][kColumns];  // the last block of a row, cut short at n
   std::memcpy(rank, acc, sizeof(rank));
-  const int width = std::min(kColumns, n - c0);
   for (int q = 0; q < Rows; ++q)
     scaling_gradient_row(K + static_cast<long>(q) * n + c0, rank[q], C + q * c_stride + c0,
-                         t_row[q], t_column + c0, inv_eps, width, cost);
+                         t_row[q], t_column + c0, inv_eps, n - c0, cost);
 }
 
 // Register blocks of vectors of Bytes bytes: kGradientRows x kGradientVectors accumulators,
@@ -681,6 +701,119 @@ SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, lon
                                         Cost cost) {
   scaling_gradient_rows_impl<T, 32>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
                                     inv_eps, rows, n, cost);
+}
+// matvec and matvec_transposed in vectors of Bytes bytes (GCC's vector extensions), for the
+// machines where AVX2 is the widest (matvec_avx2, matvec_transposed_avx2), laid out as the
+// AVX-512 kernels: eight rows share each load of v in matvec, where the compiler's code for
+// matvec_impl keeps four sums, too few to cover the latency of their multiply-adds; a block
+// of columns stays in registers through all the rows in matvec_transposed, where the
+// compiler's code loads and stores acc for every four rows. The columns past the last whole
+// vector are summed one at a time, each in the same order as the others.
+template <typename T, int Bytes>
+SK_INLINE T sum_of_lanes(typename Vector<T, Bytes>::type a) {
+  if constexpr (Bytes == 2 * sizeof(T)) {
+    return a[0] + a[1];
+  } else {
+    using Half = typename Vector<T, Bytes / 2>::type;
+    Half low, high;
+    std::memcpy(&low, &a, sizeof(Half));
+    std::memcpy(&high, reinterpret_cast<const char*>(&a) + sizeof(Half), sizeof(Half));
+    return sum_of_lanes<T, Bytes / 2>(low + high);
+  }
+}
+
+template <typename T, int Bytes, int Rows>
+SK_INLINE void matvec_rows_vectors(const T* __restrict__ M, int n, const T* __restrict__ v,
+                                   T* __restrict__ out) {
+  using Vec = typename Vector<T, Bytes>::type;
+  constexpr int W = Bytes / static_cast<int>(sizeof(T));
+  Vec acc[Rows];
+#pragma GCC unroll 8
+  for (int q = 0; q < Rows; ++q) acc[q] = Vec{};
+  int c = 0;
+  for (; c + W <= n; c += W) {
+    Vec vc;
+    std::memcpy(&vc, v + c, sizeof(Vec));
+#pragma GCC unroll 8
+    for (int q = 0; q < Rows; ++q) {
+      Vec row;
+      std::memcpy(&row, M + static_cast<long>(q) * n + c, sizeof(Vec));
+      acc[q] += row * vc;
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < Rows; ++q) {
+    T sum = sum_of_lanes<T, Bytes>(acc[q]);
+    for (int t = c; t < n; ++t) sum += M[static_cast<long>(q) * n + t] * v[t];
+    out[q] = sum;
+  }
+}
+
+template <typename T, int Bytes>
+SK_INLINE void matvec_vectors(const T* M, int rows, int n, const T* v, T* out) {
+  int r = 0;
+  for (; r + 8 <= rows; r += 8)
+    matvec_rows_vectors<T, Bytes, 8>(M + static_cast<long>(r) * n, n, v, out + r);
+  for (; r < rows; ++r)
+    matvec_rows_vectors<T, Bytes, 1>(M + static_cast<long>(r) * n, n, v, out + r);
+}
+
+template <typename T, int Bytes, int Vectors>
+SK_INLINE void transposed_block_vectors(const T* __restrict__ M, long stride, int rows,
+                                        const T* __restrict__ v, T* __restrict__ acc) {
+  using Vec = typename Vector<T, Bytes>::type;
+  constexpr int W = Bytes / static_cast<int>(sizeof(T));
+  Vec sums[Vectors];
+#pragma GCC unroll 8
+  for (int q = 0; q < Vectors; ++q) std::memcpy(&sums[q], acc + q * W, sizeof(Vec));
+  for (int r = 0; r < rows; ++r) {
+    const T* __restrict__ row = M + r * stride;
+    const T vr = v[r];
+#pragma GCC unroll 8
+    for (int q = 0; q < Vectors; ++q) {
+      Vec m;
+      std::memcpy(&m, row + q * W, sizeof(Vec));
+      sums[q] += m * vr;
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < Vectors; ++q) std::memcpy(acc + q * W, &sums[q], sizeof(Vec));
+}
+
+template <typename T, int Bytes>
+SK_INLINE void matvec_transposed_vectors(const T* M, int rows, long stride, int width,
+                                         const T* v, T* acc) {
+  constexpr int W = Bytes / static_cast<int>(sizeof(T));
+  const int whole = width / W;  // vectors
+  for (int q0 = 0; q0 < whole; q0 += kColumnVectors) {
+    const T* block = M + q0 * W;
+    T* block_acc = acc + q0 * W;
+    switch (std::min(kColumnVectors, whole - q0)) {
+      case 1: transposed_block_vectors<T, Bytes, 1>(block, stride, rows, v, block_acc); break;
+      case 2: transposed_block_vectors<T, Bytes, 2>(block, stride, rows, v, block_acc); break;
+      case 3: transposed_block_vectors<T, Bytes, 3>(block, stride, rows, v, block_acc); break;
+      case 4: transposed_block_vectors<T, Bytes, 4>(block, stride, rows, v, block_acc); break;
+      case 5: transposed_block_vectors<T, Bytes, 5>(block, stride, rows, v, block_acc); break;
+      case 6: transposed_block_vectors<T, Bytes, 6>(block, stride, rows, v, block_acc); break;
+      case 7: transposed_block_vectors<T, Bytes, 7>(block, stride, rows, v, block_acc); break;
+      default: transposed_block_vectors<T, Bytes, 8>(block, stride, rows, v, block_acc);
+    }
+  }
+  for (int c = whole * W; c < width; ++c) {
+    T sum = acc[c];
+    for (int r = 0; r < rows; ++r) sum += v[r] * M[r * stride + c];
+    acc[c] = sum;
+  }
+}
+
+template <typename T>
+SK_AVX2 void matvec_avx2(const T* M, int rows, int n, const T* v, T* out) {
+  matvec_vectors<T, 32>(M, rows, n, v, out);
+}
+template <typename T>
+SK_AVX2 void matvec_transposed_avx2(const T* M, int rows, long stride, int width, const T* v,
+                                    T* acc) {
+  matvec_transposed_vectors<T, 32>(M, rows, stride, width, v, acc);
 }
 #endif
 
@@ -922,6 +1055,7 @@ template <typename T>
 void matvec_dispatch(const T* M, int rows, int n, const T* v, T* out) {
 #if SK_HAVE_X86_KERNELS
   if (has_avx512()) return matvec_avx512(M, rows, n, v, out);
+  if (has_avx2()) return matvec_avx2(M, rows, n, v, out);
 #endif
   matvec_portable(M, rows, n, v, out);
 }
@@ -938,6 +1072,7 @@ void matvec_transposed_dispatch(const T* M, int rows, long stride, int width, co
                                 T* acc) {
 #if SK_HAVE_X86_KERNELS
   if (has_avx512()) return matvec_transposed_avx512(M, rows, stride, width, v, acc);
+  if (has_avx2()) return matvec_transposed_avx2(M, rows, stride, width, v, acc);
 #endif
   matvec_transposed_portable(M, rows, stride, width, v, acc);
 }

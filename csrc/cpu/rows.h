@@ -3,9 +3,9 @@
 // and still uses AVX-512 or AVX2 + FMA where they exist. matvec, matvec_transposed and
 // exp_affine, the scaling strategy's products with K and K^T and its exponentials, and the
 // softmin rows and adjoint rows and pieces of the log domain and of the online backend, are
-// also written by hand for AVX-512, chosen at run time; scaling_gradient_rows is compiled for
-// each vector width (AVX-512, AVX2, 16 bytes), its register blocks sized to fit, and chosen
-// at run time too.
+// also written by hand for AVX-512, chosen at run time; matvec and matvec_transposed also in
+// AVX2's vectors, and scaling_gradient_rows for each vector width (AVX-512, AVX2, 16 bytes),
+// its register blocks sized to fit, chosen at run time too.
 #pragma once
 
 #include "core/cost.h"
@@ -75,8 +75,8 @@ void matvec_product(const float* A, const float* B, int rows, int n, const float
 void matvec_product(const double* A, const double* B, int rows, int n, const double* v,
                     double* out);
 // acc_c += sum_r v_r M[r * stride + c] for c < width: the product of a block of columns of
-// M (rows, stride) with v (on AVX-512 by blocks of columns summed in registers over all the
-// rows, elsewhere four rows at a time)
+// M (rows, stride) with v (on AVX-512 and AVX2 by blocks of columns summed in registers over
+// all the rows, elsewhere four rows at a time)
 void matvec_transposed(const float* M, int rows, long stride, int width, const float* v,
                        float* acc);
 void matvec_transposed(const double* M, int rows, long stride, int width, const double* v,
