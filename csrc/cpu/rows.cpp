@@ -710,7 +710,7 @@ SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, lon
 // compiler's code loads and stores acc for every four rows. The columns past the last whole
 // vector are summed one at a time, each in the same order as the others.
 template <typename T, int Bytes>
-SK_INLINE T sum_of_lanes(typename Vector<T, Bytes>::type a) {
+SK_INLINE T sum_of_lanes(const typename Vector<T, Bytes>::type& a) {
   if constexpr (Bytes == 2 * sizeof(T)) {
     return a[0] + a[1];
   } else {

@@ -325,11 +325,9 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
         phi[bi] = out;
         p.grad_x_weights[bi] += eps * out;
       }
-      // alpha_i exp((u_i + gamma) / eps)
-      exp_affine(f + b * m + i0, -shift[b], inv_eps, count, row_factor);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t bi = b * m + i;
-        A[bi * R + k] = row_factor[i - i0];
+        A[bi * R + k] = p.x_weights[bi] * row_factor[i - i0];  // alpha_i exp((u_i + gamma) / eps)
         f_factor[bi] *= phi[bi];  // the weights of the column sums
         A[bi * R + k + 1] = f_factor[bi];
       }
@@ -348,9 +346,10 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
         std::fill(F_row, F_row + n, fast_exp(f_shift[b] * inv_eps));
         continue;
       }
-      exp_affine(g + b * n, -f_shift[b], inv_eps, static_cast<int>(n), F_row);  // from g^{l-1}
+      // exp((v_j - max f) / eps), and beta_j times it, exp((g_j - max f) / eps), from g^{l-1}
       exp_affine(v_at(b, l - 1), -f_shift[b], inv_eps, static_cast<int>(n), factor);
       for (int64_t j = 0; j < n; ++j) {
+        F_row[j] = p.y_weights[b * n + j] * factor[j];
         const T out = -factor[j] * sums[j];
         psi[b * n + j] = out;
         p.grad_y_weights[b * n + j] += eps * out;
