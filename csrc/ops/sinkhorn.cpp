@@ -430,14 +430,14 @@ Outputs sinkhorn_loss(const Kernels& kernels, const at::Tensor& x, const at::Ten
   if (!problems[0].needs_grad) return outputs(loss, {}, grad_mask);
   Gradients total = g[0];  // W(x, y)'s; its own tensors, so added to in place
   // W(x, x) and W(y, y) depend on their cloud and weights through both of their arguments
-  // (the kernels sum the cloud's two, x_is_y).
+  // (the kernels sum the cloud's two, x_is_y). Only the gradients asked for are summed.
   if (problems[1].needs_grad) {
-    total.x.add_(g[1].x);
-    total.x_weights.add_(g[1].x_weights).add_(g[1].y_weights);
+    if (grad_mask[0]) total.x.add_(g[1].x);
+    if (grad_mask[2]) total.x_weights.add_(g[1].x_weights).add_(g[1].y_weights);
   }
   if (problems[2].needs_grad) {
-    if (total.y.defined()) total.y.add_(g[2].x);
-    total.y_weights.add_(g[2].x_weights).add_(g[2].y_weights);
+    if (grad_mask[1]) total.y.add_(g[2].x);
+    if (grad_mask[3]) total.y_weights.add_(g[2].x_weights).add_(g[2].y_weights);
   }
   return outputs(loss, total, grad_mask);
 }
