@@ -532,7 +532,8 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, long stride,
   }
 }
 
-// A row of H over the row of K it overwrites (scaling_gradient_rows), from its rank-R sums.
+// A row of H over the row of K it overwrites (scaling_gradient_rows), from its rank-R sums:
+// the last register block of a row, where it runs past n.
 template <typename T>
 SK_INLINE void scaling_gradient_row(T* __restrict__ K_row, const T* __restrict__ rank_row,
                                     const T* __restrict__ C_row, T t_row,
@@ -551,7 +552,8 @@ SK_INLINE void scaling_gradient_row(T* __restrict__ K_row, const T* __restrict__
 }
 
 // Vectors of Bytes bytes in GCC's vector extensions: the register blocks of
-// scaling_gradient_rows, written once for every width (scaling_gradient_rows_dispatch).
+// scaling_gradient_rows, written once for every width (scaling_gradient_rows_dispatch), and
+// the AVX2 matvec and matvec_transposed.
 template <typename T, int Bytes>
 struct Vector {
   typedef T type __attribute__((vector_size(Bytes)));
@@ -702,6 +704,7 @@ SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, lon
   scaling_gradient_rows_impl<T, 32>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
                                     inv_eps, rows, n, cost);
 }
+
 // matvec and matvec_transposed in vectors of Bytes bytes (GCC's vector extensions), for the
 // machines where AVX2 is the widest (matvec_avx2, matvec_transposed_avx2), laid out as the
 // AVX-512 kernels: eight rows share each load of v in matvec, where the compiler's code for
