@@ -532,25 +532,6 @@ SK_INLINE void matvec_transposed_impl(const T* __restrict__ M, long stride,
   }
 }
 
-// A row of H over the row of K it overwrites (scaling_gradient_rows), from its rank-R sums:
-// the last register block of a row, where it runs past n.
-template <typename T>
-SK_INLINE void scaling_gradient_row(T* __restrict__ K_row, const T* __restrict__ rank_row,
-                                    const T* __restrict__ C_row, T t_row,
-                                    const T* __restrict__ t_column, T inv_eps, int n, Cost cost) {
-  if (cost == Cost::kSqEuclidean) {
-#pragma omp simd
-    for (int c = 0; c < n; ++c)
-      K_row[c] = K_row[c] * (rank_row[c] + t_row * t_column[c] * (T(1) - C_row[c] * inv_eps)) *
-                 T(2);
-  } else {
-#pragma omp simd
-    for (int c = 0; c < n; ++c)
-      K_row[c] = K_row[c] * (rank_row[c] + t_row * t_column[c] * (T(1) - C_row[c] * inv_eps)) *
-                 cost_slope(C_row[c], Cost::kEuclidean);
-  }
-}
-
 // Vectors of Bytes bytes in GCC's vector extensions: the register blocks of
 // scaling_gradient_rows, written once for every width (scaling_gradient_rows_dispatch), and
 // the AVX2 matvec and matvec_transposed.
@@ -558,6 +539,15 @@ template <typename T, int Bytes>
 struct Vector {
   typedef T type __attribute__((vector_size(Bytes)));
 };
+
+// H = K (rank + t_row t_column (1 - C / eps)) k(C) in the lanes of a vector (core/cost.h
+// cost_slope: 2, or 1 / C where C > 0 and 0 elsewhere).
+template <typename Vec, typename T>
+SK_INLINE void gradient_lanes(const Vec& K, const Vec& rank, const Vec& C, T t_row,
+                              const Vec& t_column, T inv_eps, Cost cost, Vec& H) {
+  H = K * (rank + t_row * t_column * (T(1) - C * inv_eps));
+  H = cost == Cost::kSqEuclidean ? H * T(2) : H * (C > T(0) ? T(1) / C : Vec{});
+}
 
 constexpr int kGradientVectors = 2;  // per row of a register block
 constexpr int kGradientRows = 4;     // rows of a register block
@@ -626,19 +616,31 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
         Vec k, c;
         std::memcpy(&k, K_at, sizeof(Vec));
         std::memcpy(&c, C + q * c_stride + c0 + v * W, sizeof(Vec));
-        Vec h = k * (acc[q][v] + t_row[q] * t_col[v] * (T(1) - c * inv_eps));
-        // k(C) of core/cost.h cost_slope, by lanes: 1 / C where C > 0, else 0
-        h = cost == Cost::kSqEuclidean ? h * T(2) : h * (c > T(0) ? T(1) / c : Vec{});
+        Vec h;
+        gradient_lanes(k, acc[q][v], c, t_row[q], t_col[v], inv_eps, cost, h);
         std::memcpy(K_at, &h, sizeof(Vec));
       }
     }
     return;
   }
-  T rank[Rows][kColumns];  // the last block of a row, cut short at n
-  std::memcpy(rank, acc, sizeof(rank));
-  for (int q = 0; q < Rows; ++q)
-    scaling_gradient_row(K + static_cast<long>(q) * n + c0, rank[q], C + q * c_stride + c0,
-                         t_row[q], t_column + c0, inv_eps, n - c0, cost);
+  // The last block of a row, cut short at n: through copies padded with zeros.
+  const int width = n - c0;
+  T t_col[kColumns] = {};
+  std::memcpy(t_col, t_column + c0, sizeof(T) * width);
+  for (int q = 0; q < Rows; ++q) {
+    T k[kColumns] = {}, c[kColumns] = {}, h[kColumns];
+    std::memcpy(k, K + static_cast<long>(q) * n + c0, sizeof(T) * width);
+    std::memcpy(c, C + q * c_stride + c0, sizeof(T) * width);
+    for (int v = 0; v < kGradientVectors; ++v) {
+      Vec kv, cv, tv, hv;
+      std::memcpy(&kv, k + v * W, sizeof(Vec));
+      std::memcpy(&cv, c + v * W, sizeof(Vec));
+      std::memcpy(&tv, t_col + v * W, sizeof(Vec));
+      gradient_lanes(kv, acc[q][v], cv, t_row[q], tv, inv_eps, cost, hv);
+      std::memcpy(h + v * W, &hv, sizeof(Vec));
+    }
+    std::memcpy(K + static_cast<long>(q) * n + c0, h, sizeof(T) * width);
+  }
 }
 
 // Register blocks of vectors of Bytes bytes: kGradientRows x kGradientVectors accumulators,
