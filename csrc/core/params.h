@@ -9,6 +9,14 @@
 
 namespace sinkhorn {
 
+// Whether kernels keep C for a problem's forward and backward (SinkhornParams::kept_costs),
+// and who builds it.
+enum class KeptCosts {
+  kNone,
+  kBuiltFirst,      // KernelPair::build_costs, before the forward
+  kBuiltByForward,  // the forward, before its iterations
+};
+
 template <typename T>
 struct SinkhornParams {
   // Inputs.
@@ -32,10 +40,11 @@ struct SinkhornParams {
   T* v_history = nullptr;  // (B, L, n), v^1..v^L
 
   // C (B, m, n) kept for the forward and the backward, where the kernels keep it (the CPU's,
-  // where C is a BLAS product and small: ops::Kernels::keeps_costs): built before the
-  // forward (KernelPair::build_costs), read by it and by the backward, which would otherwise
-  // build it again. Null where it is not kept.
+  // where C is small: ops::Kernels::keeps_costs), so that the backward does not build it
+  // again. Null where it is not kept. kept_costs_built: it holds C already (built first by
+  // KernelPair::build_costs, or, for the backward, by the forward); else the forward builds it.
   T* kept_costs = nullptr;
+  bool kept_costs_built = false;
   // K = exp(-C / eps) (B, m, n), for a backward that follows the forward in the same call:
   // the CPU's scaling strategy writes it in the forward and reads it in the backward, which
   // would otherwise compute it again. Null elsewhere.

@@ -85,11 +85,12 @@ T max_cost_bound(const Cloud<T>& x, const Cloud<T>& y, Cost cost) {
 // rules it out, and the log domain propagates it), the log-domain one elsewhere: first by a
 // bound on max C from the clouds, then, where that does not settle it, by the max itself.
 // Where C is large and d small, the scaling strategy recomputes C tile by tile, so that it
-// keeps K alone; otherwise C is built once, or read from p.kept_costs where it is kept.
+// keeps K alone; otherwise C is built once, into p.kept_costs where it is kept, or read from
+// there where it is built already (p.kept_costs_built).
 template <typename T, typename Scaling, typename LogDomain>
 void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
                     const LogDomain& log_domain) {
-  const bool builds_costs = p.kept_costs == nullptr;
+  const bool builds_costs = p.kept_costs == nullptr || !p.kept_costs_built;
   const Cloud<T> x(p.x, p.batch, p.m, p.d, builds_costs);
   std::optional<Cloud<T>> other;  // y, unless it is x (a self-term)
   const Cloud<T>& y = p.x_is_y ? x : other.emplace(p.y, p.batch, p.n, p.d, builds_costs);
@@ -100,12 +101,9 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
   if (!x.by_products() && size > kStoredCostsMax &&
       (safe_by_bound || scaling_form_is_safe(max_cost_by_tiles(x, y, p.cost) / p.eps)))
     return scaling(p, Costs<T>(x, y, p.cost, nullptr));
-  Buffer<T> built(builds_costs ? size : 0);
-  const T* C = p.kept_costs;
-  if (builds_costs) {
-    build_cost_matrix(x, y, p.x_is_y, p.cost, built.get());
-    C = built.get();
-  }
+  Buffer<T> built(p.kept_costs == nullptr ? size : 0);
+  T* const C = p.kept_costs != nullptr ? p.kept_costs : built.get();
+  if (builds_costs) build_cost_matrix(x, y, p.x_is_y, p.cost, C);
   if (safe_by_bound || scaling_form_is_safe(max_of_costs(C, size) / p.eps))
     return scaling(p, Costs<T>(x, y, p.cost, C));
   log_domain(p, C);
@@ -113,8 +111,10 @@ void run_tensorized(const SinkhornParams<T>& p, const Scaling& scaling,
 
 }  // namespace
 
-bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward) {
-  return (d >= kGemmMinDim || backward) && batch * m * n <= kStoredCostsMax;
+KeptCosts keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward) {
+  if (batch * m * n > kStoredCostsMax) return KeptCosts::kNone;
+  if (d >= kGemmMinDim) return KeptCosts::kBuiltFirst;
+  return backward ? KeptCosts::kBuiltByForward : KeptCosts::kNone;
 }
 
 template <typename T>

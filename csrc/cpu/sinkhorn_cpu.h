@@ -13,11 +13,14 @@ namespace sinkhorn::cpu {
 // Whether these kernels keep C (SinkhornParams::kept_costs: built once, read by the forward
 // and the backward): where it is small enough (at most 2^20 costs) to be stored anyway, and
 // either a BLAS product (d >= kGemmMinDim), whose rebuild would cost the backward as much as
-// its own contraction, or read by a backward in the same call.
-bool keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
+// its own contraction, or read by a backward in the same call. The BLAS products are built
+// first (build_kept_costs), on all threads; row kernels' costs (d < kGemmMinDim), which cost
+// less than starting threads for them, by the forward, on the thread that runs it.
+KeptCosts keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
 
-// Builds C into kept_costs, before the forward: on all threads where called outside a
-// parallel region (the op layer builds the loss's two self-terms one per thread).
+// Builds C into kept_costs, before the forward (KeptCosts::kBuiltFirst): on all threads
+// where called outside a parallel region (the op layer builds the loss's two self-terms one
+// per thread).
 template <typename T>
 void build_kept_costs(const SinkhornParams<T>& p);
 

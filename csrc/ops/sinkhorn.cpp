@@ -147,6 +147,7 @@ struct Problem {
   at::Tensor x, y, x_weights, y_weights;
   at::Tensor u_history, v_history;
   at::Tensor kept_costs;     // C (B, m, n) kept for the forward and the backward, if defined
+  bool kept_costs_first = false;  // built by KernelPair::build_costs (KeptCosts::kBuiltFirst)
   bool batched = true;       // the caller gave (B, m, d) clouds, not (m, d)
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
   bool needs_grad = false;   // the backward runs after the forward
@@ -208,6 +209,7 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
   p.u_history = problem.u_history.data_ptr<T>();
   p.v_history = problem.v_history.data_ptr<T>();
   if (problem.kept_costs.defined()) p.kept_costs = problem.kept_costs.data_ptr<T>();
+  p.kept_costs_built = problem.kept_costs_first;
   return p;
 }
 
@@ -255,9 +257,10 @@ struct Gradients {
 };
 
 // Runs every problem: its forward, which writes its histories, then, where it needs_grad, its
-// backward, with incoming gradient grad_factor, on the same thread; both read its C where
-// the kernels keep it (Kernels::keeps_costs), built first, and the backward the forward's K
-// where they share it. Returns each W_L (B,) and the gradients of those with a backward.
+// backward, with incoming gradient grad_factor, on the same thread; both read its C where the
+// kernels keep it (Kernels::keeps_costs), built first or by the forward, and the backward the
+// forward's K where they share it. Returns each W_L (B,) and the gradients of those with a
+// backward.
 std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     const Kernels& kernels, std::vector<Problem>& problems, double eps, int64_t iters, Cost cost,
     bool online) {
@@ -268,9 +271,12 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
   std::vector<Gradients> grads;
   for (Problem& pr : problems) {
     const auto opts = pr.x.options();
-    if (!online && kernels.keeps_costs != nullptr &&
-        kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad))
-      pr.kept_costs = scratch({pr.batch(), pr.m(), pr.n()}, opts);
+    const KeptCosts kept =
+        online || kernels.keeps_costs == nullptr
+            ? KeptCosts::kNone
+            : kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad);
+    if (kept != KeptCosts::kNone) pr.kept_costs = scratch({pr.batch(), pr.m(), pr.n()}, opts);
+    pr.kept_costs_first = kept == KeptCosts::kBuiltFirst;
     costs.push_back(at::empty(pr.as_given({pr.batch()}), opts));
     pr.u_history = scratch({pr.batch(), iters, pr.m()}, opts);
     pr.v_history = scratch({pr.batch(), iters, pr.n()}, opts);
@@ -286,16 +292,17 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
                      given(pr.y_weights)});
   }
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn", [&] {
-    // Kept costs first, each on all threads: where they dominate (BLAS products at large d),
-    // the problems at once would leave a thread idle while another builds two. But two
-    // self-terms side by side, one per thread: their strips of rows (build_cost_matrix) are
-    // products too small for BLAS to gain much from two threads.
+    // The costs kept and built first (KeptCosts::kBuiltFirst), each on all threads: where
+    // they dominate (BLAS products at large d), the problems at once would leave a thread
+    // idle while another builds two. But two self-terms side by side, one per thread: their
+    // strips of rows (build_cost_matrix) are products too small for BLAS to gain much from
+    // two threads.
     auto build = [&](const Problem& pr) {
       kernels.of<scalar_t>().build_costs(make_params<scalar_t>(pr, eps, iters, cost, online));
     };
     std::vector<const Problem*> self_terms;
     for (const Problem& pr : problems) {
-      if (!pr.kept_costs.defined()) continue;
+      if (!pr.kept_costs_first) continue;
       if (pr.x_is_y) {
         self_terms.push_back(&pr);
       } else {
@@ -335,6 +342,7 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
       }
       kernels.of<scalar_t>().forward(p);
       if (!pr.needs_grad) return;
+      p.kept_costs_built = true;  // by the forward, if not before
       p.grad_cost = grad_costs[k].const_data_ptr<scalar_t>();
       p.grad_x = grads[k].x.mutable_data_ptr<scalar_t>();
       p.grad_y = grads[k].y.defined() ? grads[k].y.mutable_data_ptr<scalar_t>() : nullptr;

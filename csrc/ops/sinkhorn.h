@@ -38,9 +38,8 @@ struct Kernels {
   // Whether the kernels implement backend="online" (SinkhornParams::online).
   bool online_backend;
   // Whether the tensorized backend keeps C of a (batch, m, n, d) problem for its forward and,
-  // if it has one, its backward (SinkhornParams::kept_costs, KernelPair::build_costs); null:
-  // never.
-  bool (*keeps_costs)(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
+  // if it has one, its backward (SinkhornParams::kept_costs), and who builds it; null: never.
+  KeptCosts (*keeps_costs)(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
   // Whether the tensorized forward leaves K = exp(-C / eps) for the backward
   // (SinkhornParams::kernel_matrix).
   bool shares_kernel_matrix;
