@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -215,11 +216,17 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
 
 // Runs fn(k) for the k < count independent problems. Where the kernels allow it and the
 // problems are small (2^18 costs or fewer each, where a problem's passes gain less from more
-// threads than problems side by side do), as many at once as there are host threads, most
-// work first (a backward costs about twice its forward); those left over from the last full
-// round one after another, each on all threads. (Where BLAS products would dominate, at large
-// d, the kept costs are built before, on all threads.) The loss's three problems on two
-// threads, with the gradient of x, run as W(x, y) beside W(x, x), then W(y, y) on both.
+// threads than problems side by side do), at once, a problem per host thread: each thread
+// takes the next problem, most work first (a backward costs about twice its forward), when
+// it is done with its last. Of those left over from the last full round, the small ones
+// (kQueuedCostsMax) join in, on the first thread free: split over all threads, they would
+// meet at a barrier every iteration, which costs them more than they gain (measured on two
+// threads, up to m = n = 256); the larger ones run after, one after another, each on all
+// threads. (Where BLAS products would dominate, at large d, the kept costs are built before,
+// on all threads.) The loss's three problems at m = n = 200 on two threads, with the
+// gradient of x, run as W(x, y) beside W(x, x), and W(y, y) after the first done.
+constexpr int64_t kQueuedCostsMax = int64_t{1} << 16;
+
 template <typename Fn>
 void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(problems.size());
@@ -235,14 +242,15 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
   const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
   const bool at_once = kernels.concurrent_problems && workers >= 2 &&
                        *std::max_element(size.begin(), size.end()) <= (int64_t{1} << 18);
-  const int64_t concurrent = at_once ? count / workers * workers : 0;
-  if (concurrent > 0) {
-    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t w = begin; w < end; ++w)  // one problem of each round
-        for (int64_t k = w; k < concurrent; k += workers) fn(order[k]);
+  int64_t queued = at_once ? count / workers * workers : 0;
+  while (at_once && queued < count && size[order[queued]] <= kQueuedCostsMax) ++queued;
+  if (queued > 0) {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t k = next++; k < queued; k = next++) fn(order[k]);
     });
   }
-  for (int64_t k = concurrent; k < count; ++k) fn(order[k]);
+  for (int64_t k = queued; k < count; ++k) fn(order[k]);
 }
 
 // Hands out consecutive pieces of one workspace allocation.
