@@ -142,12 +142,13 @@ void check_iters(int64_t iters) {
                     "iters must be an integer >= 1, got ", iters);
 }
 
-// One W_L problem: contiguous inputs, and its histories (written by the forward, read by the
-// backward).
+// One W_L problem: contiguous inputs, and where its arrays of one call lie in the call's
+// block (run_problems): its histories (written by the forward, read by the backward) and the
+// costs kept for both, if any.
 struct Problem {
   at::Tensor x, y, x_weights, y_weights;
-  at::Tensor u_history, v_history;
-  at::Tensor kept_costs;     // C (B, m, n) kept for the forward and the backward, if defined
+  int64_t u_history = 0, v_history = 0;  // offsets in the block, in elements
+  int64_t kept_costs = -1;               // C (B, m, n), at this offset; -1: not kept
   bool kept_costs_first = false;  // built by KernelPair::build_costs (KeptCosts::kBuiltFirst)
   bool batched = true;       // the caller gave (B, m, d) clouds, not (m, d)
   bool x_is_y = false;       // a self-term (SinkhornParams::x_is_y)
@@ -186,8 +187,8 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& y,
 }
 
 template <typename T>
-SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters, Cost cost,
-                              bool online) {
+SinkhornParams<T> make_params(const Problem& problem, T* block, double eps, int64_t iters,
+                              Cost cost, bool online) {
   SinkhornParams<T> p;
   p.x = problem.x.const_data_ptr<T>();
   p.y = problem.y.const_data_ptr<T>();
@@ -207,9 +208,9 @@ SinkhornParams<T> make_params(const Problem& problem, double eps, int64_t iters,
   p.cost = cost;
   p.online = online;
   p.x_is_y = problem.x_is_y;
-  p.u_history = problem.u_history.data_ptr<T>();
-  p.v_history = problem.v_history.data_ptr<T>();
-  if (problem.kept_costs.defined()) p.kept_costs = problem.kept_costs.data_ptr<T>();
+  p.u_history = block + problem.u_history;
+  p.v_history = block + problem.v_history;
+  if (problem.kept_costs >= 0) p.kept_costs = block + problem.kept_costs;
   p.kept_costs_built = problem.kept_costs_first;
   return p;
 }
@@ -277,17 +278,24 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
   };
   std::vector<at::Tensor> costs, grad_costs;
   std::vector<Gradients> grads;
+  // The arrays that live for this call alone, every problem's, in one block (one allocation,
+  // where they were one each), each at a multiple of 16 elements.
+  int64_t block_size = 0;
+  auto reserve = [&](int64_t size) {
+    constexpr int64_t kAlign = 64 / sizeof(float);
+    return std::exchange(block_size, block_size + (size + kAlign - 1) / kAlign * kAlign);
+  };
   for (Problem& pr : problems) {
     const auto opts = pr.x.options();
     const KeptCosts kept =
         online || kernels.keeps_costs == nullptr
             ? KeptCosts::kNone
             : kernels.keeps_costs(pr.batch(), pr.m(), pr.n(), pr.x.size(2), pr.needs_grad);
-    if (kept != KeptCosts::kNone) pr.kept_costs = scratch({pr.batch(), pr.m(), pr.n()}, opts);
+    if (kept != KeptCosts::kNone) pr.kept_costs = reserve(pr.batch() * pr.m() * pr.n());
     pr.kept_costs_first = kept == KeptCosts::kBuiltFirst;
+    pr.u_history = reserve(pr.batch() * iters * pr.m());
+    pr.v_history = reserve(pr.batch() * iters * pr.n());
     costs.push_back(at::empty(pr.as_given({pr.batch()}), opts));
-    pr.u_history = scratch({pr.batch(), iters, pr.m()}, opts);
-    pr.v_history = scratch({pr.batch(), iters, pr.n()}, opts);
     if (!pr.needs_grad) {
       grad_costs.emplace_back();
       grads.emplace_back();
@@ -299,14 +307,17 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     grads.push_back({given(pr.x), grad_y ? given(pr.y) : at::Tensor(), given(pr.x_weights),
                      given(pr.y_weights)});
   }
+  const at::Tensor block = scratch({block_size}, problems[0].x.options());
   AT_DISPATCH_FLOATING_TYPES(problems[0].x.scalar_type(), "sinkhorn", [&] {
+    scalar_t* const block_data = block.mutable_data_ptr<scalar_t>();
     // The costs kept and built first (KeptCosts::kBuiltFirst), each on all threads: where
     // they dominate (BLAS products at large d), the problems at once would leave a thread
     // idle while another builds two. But two self-terms side by side, one per thread: their
     // strips of rows (build_cost_matrix) are products too small for BLAS to gain much from
     // two threads.
     auto build = [&](const Problem& pr) {
-      kernels.of<scalar_t>().build_costs(make_params<scalar_t>(pr, eps, iters, cost, online));
+      kernels.of<scalar_t>().build_costs(
+          make_params<scalar_t>(pr, block_data, eps, iters, cost, online));
     };
     std::vector<const Problem*> self_terms;
     for (const Problem& pr : problems) {
@@ -327,7 +338,7 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     for_each_problem(kernels, problems, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
-      auto p = make_params<scalar_t>(pr, eps, iters, cost, online);
+      auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
       at::Tensor workspace, kernel_matrix;
       // Allocated here, not before all problems: those run one after the other (at large
