@@ -49,3 +49,32 @@ def test_thread_count_changes_nothing_but_rounding():
         torch.set_num_threads(threads)
     for r, s in zip(serial, parallel):
         torch.testing.assert_close(r, s, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("wanted", ["x", "all"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_loss_terms_side_by_side_are_bitwise_independent_of_thread_count(dtype, wanted):
+    # m n = 40 000, between 2^15 and 2^16: each of the loss's three problems runs on one thread
+    # (the third on the first thread free), so the thread count leaves every bit as it is;
+    # split over two threads, a problem's column sums would be summed by parts.
+    x, y, a, b = random_problem(200, 200, 2, dtype=dtype)
+    x, y = x.sigmoid(), y.sigmoid()  # in the unit square: max C / eps <= 2, the scaling form
+    inputs = [x, y, a, b] if wanted == "all" else [x]
+
+    def loss_and_grads():
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        x_, y_, a_, b_ = leaves + [x, y, a, b][len(leaves):]
+        loss = sk.sinkhorn_loss(x_, y_, eps=1.0, iters=20, x_weights=a_, y_weights=b_,
+                                backend="tensorized")
+        return (loss.detach(), *torch.autograd.grad(loss, leaves))
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = loss_and_grads()
+        torch.set_num_threads(max(2, threads))
+        parallel = loss_and_grads()
+    finally:
+        torch.set_num_threads(threads)
+    for r, s in zip(serial, parallel):
+        assert torch.equal(r, s)

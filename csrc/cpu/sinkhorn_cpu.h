@@ -14,8 +14,9 @@ namespace sinkhorn::cpu {
 // and the backward): where it is small enough (at most 2^20 costs) to be stored anyway, and
 // either a BLAS product (d >= kGemmMinDim), whose rebuild would cost the backward as much as
 // its own contraction, or read by a backward in the same call. The BLAS products are built
-// first (build_kept_costs), on all threads; row kernels' costs (d < kGemmMinDim), which cost
-// less than starting threads for them, by the forward, on the thread that runs it.
+// first (build_kept_costs), on all threads; the row kernels' costs (d < kGemmMinDim) by the
+// forward, on the threads that run it: a problem's own, where the loss's run side by side,
+// without a parallel phase before them.
 KeptCosts keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool backward);
 
 // Builds C into kept_costs, before the forward (KeptCosts::kBuiltFirst): on all threads
