@@ -47,8 +47,11 @@ struct SinkhornParams {
   bool kept_costs_built = false;
   // K = exp(-C / eps) (B, m, n), for a backward that follows the forward in the same call:
   // the CPU's scaling strategy writes it in the forward and reads it in the backward, which
-  // would otherwise compute it again. Null elsewhere.
+  // would otherwise compute it again. Null elsewhere. kernel_matrix_built: it holds K already
+  // where the scaling strategy runs (KernelPair::build_kernel_matrix, before the forward,
+  // maybe on another thread); else the forward builds it.
   T* kernel_matrix = nullptr;
+  bool kernel_matrix_built = false;
 
   // Forward output.
   T* cost_out = nullptr;  // W_L, (B,)

@@ -153,7 +153,7 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   T *slot_e = slot_e_buffer.get(), *slot_shift = slot_shift_buffer.get();
   T *slot_sums = slot_sum_buffer.get(), *slot_v = slot_v_buffer.get();
   T* slot_g = slot_g_buffer.get();
-  build_kernel_matrix(C, B, m, n, eps, K);
+  if (!p.kernel_matrix_built) build_kernel_matrix(C, B, m, n, eps, K);
   std::fill(g, g + B * n, T(0));  // g^0 = 0, i.e. b^0 = 1
   auto columns_of = [&](int64_t l) { return part_columns + (l % 2) * slots * n; };
   auto shifts_of = [&](int64_t l) { return part_shift + (l % 2) * slots; };
@@ -238,6 +238,11 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
     exp_affine(f + b * m, -shift[b], inv_eps, static_cast<int>(m), weight);
     p.cost_out[b] = dot(weight, row + b * m, static_cast<int>(m));
   }
+}
+
+template <typename T>
+void scaling_kernel_matrix(const SinkhornParams<T>& p, const Costs<T>& C) {
+  build_kernel_matrix(C, p.batch, p.m, p.n, p.eps, p.kernel_matrix);
 }
 
 template <typename T>
@@ -372,6 +377,8 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
 
 template void scaling_forward<float>(const SinkhornParams<float>&, const Costs<float>&);
 template void scaling_forward<double>(const SinkhornParams<double>&, const Costs<double>&);
+template void scaling_kernel_matrix<float>(const SinkhornParams<float>&, const Costs<float>&);
+template void scaling_kernel_matrix<double>(const SinkhornParams<double>&, const Costs<double>&);
 template void scaling_backward<float>(const SinkhornParams<float>&, const Costs<float>&);
 template void scaling_backward<double>(const SinkhornParams<double>&, const Costs<double>&);
 

@@ -125,6 +125,11 @@ void build_kept_costs(const SinkhornParams<T>& p) {
 }
 
 template <typename T>
+void build_kernel_matrix_ahead(const SinkhornParams<T>& p) {
+  run_tensorized(p, scaling_kernel_matrix<T>, [](const SinkhornParams<T>&, const T*) {});
+}
+
+template <typename T>
 void sinkhorn_forward(const SinkhornParams<T>& p) {
   if (p.online) return online_forward(p);
   run_tensorized(p, scaling_forward<T>, log_domain_forward<T>);
@@ -154,6 +159,8 @@ void finish_backward(const SinkhornParams<T>& p, T* H) {
 
 template void build_kept_costs<float>(const SinkhornParams<float>&);
 template void build_kept_costs<double>(const SinkhornParams<double>&);
+template void build_kernel_matrix_ahead<float>(const SinkhornParams<float>&);
+template void build_kernel_matrix_ahead<double>(const SinkhornParams<double>&);
 template void sinkhorn_forward<float>(const SinkhornParams<float>&);
 template void sinkhorn_forward<double>(const SinkhornParams<double>&);
 template void sinkhorn_backward<float>(const SinkhornParams<float>&);

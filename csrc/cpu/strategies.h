@@ -30,6 +30,9 @@ template <typename T>
 void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C);
 template <typename T>
 void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C);
+// The scaling forward's first step alone: K = exp(-C / eps) into p.kernel_matrix.
+template <typename T>
+void scaling_kernel_matrix(const SinkhornParams<T>& p, const Costs<T>& C);
 
 // The online backend (online.cpp): no m x n array; the costs are recomputed in every pass.
 template <typename T>

@@ -14,6 +14,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -223,13 +224,17 @@ SinkhornParams<T> make_params(const Problem& problem, T* block, double eps, int6
 // (kQueuedCostsMax) join in, on the first thread free: split over all threads, they would
 // meet at a barrier every iteration, which costs them more than they gain (measured on two
 // threads, up to m = n = 256); the larger ones run after, one after another, each on all
-// threads. (Where BLAS products would dominate, at large d, the kept costs are built before,
-// on all threads.) The loss's three problems at m = n = 200 on two threads, with the
-// gradient of x, run as W(x, y) beside W(x, x), and W(y, y) after the first done.
+// threads. A small one left over has ahead(k) run first, by the thread that takes the
+// second task, and fn(k) waits for it: what of its work can go before its iterations, done
+// by a thread that would otherwise wait at the end for the last problem. (Where BLAS
+// products would dominate, at large d, the kept costs are built before, on all threads.) The
+// loss's three problems at m = n = 200 on two threads, with the gradient of x, run as W(x, y)
+// beside the K of W(y, y), then W(x, x), and W(y, y) after the first done.
 constexpr int64_t kQueuedCostsMax = int64_t{1} << 16;
 
-template <typename Fn>
-void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems, const Fn& fn) {
+template <typename Ahead, typename Fn>
+void for_each_problem(const Kernels& kernels, const std::vector<Problem>& problems,
+                      const Ahead& ahead, const Fn& fn) {
   const int64_t count = static_cast<int64_t>(problems.size());
   std::vector<int64_t> size(count), work(count);
   for (int64_t k = 0; k < count; ++k) {
@@ -243,12 +248,34 @@ void for_each_problem(const Kernels& kernels, const std::vector<Problem>& proble
   const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
   const bool at_once = kernels.concurrent_problems && workers >= 2 &&
                        *std::max_element(size.begin(), size.end()) <= (int64_t{1} << 18);
-  int64_t queued = at_once ? count / workers * workers : 0;
+  const int64_t full_rounds = at_once ? count / workers * workers : 0;
+  int64_t queued = full_rounds;
   while (at_once && queued < count && size[order[queued]] <= kQueuedCostsMax) ++queued;
   if (queued > 0) {
+    // The tasks in the order taken: the first problem, the aheads of those left over, then
+    // the other problems. A task's index: k for fn(order[k]), count + k for its ahead.
+    std::vector<int64_t> tasks = {0};
+    for (int64_t k = full_rounds; k < queued; ++k) tasks.push_back(count + k);
+    for (int64_t k = 1; k < queued; ++k) tasks.push_back(k);
+    std::vector<std::atomic<bool>> ready(count);
+    for (int64_t k = 0; k < queued; ++k) ready[k] = k < full_rounds;
     std::atomic<int64_t> next{0};
+    const int64_t task_count = static_cast<int64_t>(tasks.size());
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-      for (int64_t k = next++; k < queued; k = next++) fn(order[k]);
+      for (int64_t t = next++; t < task_count; t = next++) {
+        const int64_t k = tasks[t] % count;
+        if (tasks[t] >= count) {
+          // Ready even where ahead throws: the exception ends the call after the others.
+          struct Done {
+            std::atomic<bool>& flag;
+            ~Done() { flag.store(true, std::memory_order_release); }
+          } done{ready[k]};
+          ahead(order[k]);
+          continue;
+        }
+        while (!ready[k].load(std::memory_order_acquire)) std::this_thread::yield();
+        fn(order[k]);
+      }
     });
   }
   for (int64_t k = queued; k < count; ++k) fn(order[k]);
@@ -335,15 +362,31 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     } else if (self_terms.size() == 1) {
       build(*self_terms[0]);
     }
-    for_each_problem(kernels, problems, [&](int64_t k) {
+    // K, built ahead of a problem's forward by another thread (for_each_problem), where the
+    // kernels can.
+    const auto build_kernel_matrix = kernels.of<scalar_t>().build_kernel_matrix;
+    std::vector<at::Tensor> kernel_matrices(problems.size());
+    auto ahead = [&](int64_t k) {
+      if (online || build_kernel_matrix == nullptr) return;
+      const Problem& pr = problems[k];
+      kernel_matrices[k] = scratch({pr.batch(), pr.m(), pr.n()}, pr.x.options());
+      auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
+      p.kernel_matrix = kernel_matrices[k].mutable_data_ptr<scalar_t>();
+      build_kernel_matrix(p);
+    };
+    for_each_problem(kernels, problems, ahead, [&](int64_t k) {
       const Problem& pr = problems[k];
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
       auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
-      at::Tensor workspace, kernel_matrix;
-      // Allocated here, not before all problems: those run one after the other (at large
-      // sizes) then hold one at a time.
-      if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
+      at::Tensor workspace, kernel_matrix = kernel_matrices[k];
+      if (kernel_matrix.defined()) {  // built ahead, and C with it where kept
+        p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
+        p.kernel_matrix_built = true;
+        p.kept_costs_built = true;
+      } else if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
+        // Allocated here, not before all problems: those run one after the other (at large
+        // sizes) then hold one at a time.
         kernel_matrix = scratch({B, m, n}, pr.x.options());
         p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
       }

@@ -23,6 +23,9 @@ struct KernelPair {
   Kernel<T> forward;
   Kernel<T> backward;
   Kernel<T> build_costs;  // builds SinkhornParams::kept_costs; null where none are kept
+  // Builds SinkhornParams::kernel_matrix before the forward (kernel_matrix_built), where the
+  // forward would; null where the kernels keep no K.
+  Kernel<T> build_kernel_matrix;
 };
 
 // The kernels of one device, for each dtype.

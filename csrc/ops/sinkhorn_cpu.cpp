@@ -21,9 +21,11 @@ at::Tensor scratch_tensor(at::IntArrayRef sizes, const at::TensorOptions& option
 }
 
 constexpr Kernels kCpuKernels{{cpu::sinkhorn_forward<float>, cpu::sinkhorn_backward<float>,
-                               cpu::build_kept_costs<float>},
+                               cpu::build_kept_costs<float>,
+                               cpu::build_kernel_matrix_ahead<float>},
                               {cpu::sinkhorn_forward<double>, cpu::sinkhorn_backward<double>,
-                               cpu::build_kept_costs<double>},
+                               cpu::build_kept_costs<double>,
+                               cpu::build_kernel_matrix_ahead<double>},
                               /*needs_workspace=*/false,
                               /*concurrent_problems=*/true,
                               /*online_backend=*/true,

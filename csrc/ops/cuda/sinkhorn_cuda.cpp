@@ -25,8 +25,8 @@ void backward(const SinkhornParams<T>& p) {
   check_cuda(cuda::sinkhorn_backward(p, c10::cuda::getCurrentCUDAStream()), "backward");
 }
 
-constexpr Kernels kCudaKernels{{forward<float>, backward<float>, nullptr},
-                               {forward<double>, backward<double>, nullptr},
+constexpr Kernels kCudaKernels{{forward<float>, backward<float>, nullptr, nullptr},
+                               {forward<double>, backward<double>, nullptr, nullptr},
                                /*needs_workspace=*/true,
                                /*concurrent_problems=*/false,
                                /*online_backend=*/true,
