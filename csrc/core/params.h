@@ -42,7 +42,8 @@ struct SinkhornParams {
   // C (B, m, n) kept for the forward and the backward, where the kernels keep it (the CPU's,
   // where C is small: ops::Kernels::keeps_costs), so that the backward does not build it
   // again. Null where it is not kept. kept_costs_built: it holds C already (built first by
-  // KernelPair::build_costs, or, for the backward, by the forward); else the forward builds it.
+  // KernelPair::build_costs or build_kernel_matrix, or, for the backward, by the forward);
+  // else the forward builds it.
   T* kept_costs = nullptr;
   bool kept_costs_built = false;
   // K = exp(-C / eps) (B, m, n), for a backward that follows the forward in the same call:

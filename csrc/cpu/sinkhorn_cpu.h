@@ -25,9 +25,9 @@ KeptCosts keeps_cost_matrix(int64_t batch, int64_t m, int64_t n, int64_t d, bool
 template <typename T>
 void build_kept_costs(const SinkhornParams<T>& p);
 
-// Builds K = exp(-C / eps) into kernel_matrix where the forward's strategy is the scaling
-// one (and C into kept_costs where it is kept and not built), so that the forward, with
-// kernel_matrix_built (and kept_costs_built), starts from its iterations; elsewhere nothing.
+// Builds C into kept_costs (unless kept_costs_built) and, where the forward's strategy is the
+// scaling one, K = exp(-C / eps) into kernel_matrix: so that the forward, with
+// kept_costs_built and kernel_matrix_built, starts from its iterations.
 template <typename T>
 void build_kernel_matrix_ahead(const SinkhornParams<T>& p);
 

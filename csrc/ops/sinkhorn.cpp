@@ -362,16 +362,21 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     } else if (self_terms.size() == 1) {
       build(*self_terms[0]);
     }
-    // K, built ahead of a problem's forward by another thread (for_each_problem), where the
-    // kernels can.
+    // K, and C where it is not kept already, built ahead of a problem's forward by another
+    // thread (for_each_problem), where the kernels can: (2, B, m, n), K first.
     const auto build_kernel_matrix = kernels.of<scalar_t>().build_kernel_matrix;
-    std::vector<at::Tensor> kernel_matrices(problems.size());
+    std::vector<at::Tensor> built_ahead(problems.size());
+    auto use_built_ahead = [&](int64_t k, SinkhornParams<scalar_t>& p) {
+      scalar_t* const arrays = built_ahead[k].mutable_data_ptr<scalar_t>();
+      p.kernel_matrix = arrays;
+      if (p.kept_costs == nullptr) p.kept_costs = arrays + p.batch * p.m * p.n;
+    };
     auto ahead = [&](int64_t k) {
       if (online || build_kernel_matrix == nullptr) return;
       const Problem& pr = problems[k];
-      kernel_matrices[k] = scratch({pr.batch(), pr.m(), pr.n()}, pr.x.options());
+      built_ahead[k] = scratch({2, pr.batch(), pr.m(), pr.n()}, pr.x.options());
       auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
-      p.kernel_matrix = kernel_matrices[k].mutable_data_ptr<scalar_t>();
+      use_built_ahead(k, p);
       build_kernel_matrix(p);
     };
     for_each_problem(kernels, problems, ahead, [&](int64_t k) {
@@ -379,11 +384,10 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
       const int64_t B = pr.batch(), m = pr.m(), n = pr.n();
       auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
       p.cost_out = costs[k].mutable_data_ptr<scalar_t>();
-      at::Tensor workspace, kernel_matrix = kernel_matrices[k];
-      if (kernel_matrix.defined()) {  // built ahead, and C with it where kept
-        p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
-        p.kernel_matrix_built = true;
-        p.kept_costs_built = true;
+      at::Tensor workspace, kernel_matrix;
+      if (built_ahead[k].defined()) {
+        use_built_ahead(k, p);
+        p.kernel_matrix_built = p.kept_costs_built = true;
       } else if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
         // Allocated here, not before all problems: those run one after the other (at large
         // sizes) then hold one at a time.

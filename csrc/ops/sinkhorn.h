@@ -23,8 +23,8 @@ struct KernelPair {
   Kernel<T> forward;
   Kernel<T> backward;
   Kernel<T> build_costs;  // builds SinkhornParams::kept_costs; null where none are kept
-  // Builds SinkhornParams::kernel_matrix before the forward (kernel_matrix_built), where the
-  // forward would; null where the kernels keep no K.
+  // Builds SinkhornParams::kept_costs and, where the forward would, kernel_matrix, before the
+  // forward (kept_costs_built, kernel_matrix_built); null where the kernels keep no K.
   Kernel<T> build_kernel_matrix;
 };
 
