@@ -178,9 +178,8 @@ Problem make_problem(const at::Tensor& x, const at::Tensor& y,
     return at::full({cloud.size(0), cloud.size(1)}, 1.0 / static_cast<double>(cloud.size(1)),
                     cloud.options());
   };
-  Problem pr{batch_of(x), batch_of(y)};
-  pr.x_weights = weights_of(x_weights, pr.x);
-  pr.y_weights = weights_of(y_weights, pr.y);
+  const at::Tensor x_batch = batch_of(x), y_batch = batch_of(y);
+  Problem pr{x_batch, y_batch, weights_of(x_weights, x_batch), weights_of(y_weights, y_batch)};
   pr.batched = batched;
   pr.needs_grad = grad_mask[0] || grad_mask[1] || grad_mask[2] || grad_mask[3];
   pr.needs_grad_y = grad_mask[1];
@@ -362,8 +361,8 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     } else if (self_terms.size() == 1) {
       build(*self_terms[0]);
     }
-    // K, and C where it is not kept already, built ahead of a problem's forward by another
-    // thread (for_each_problem), where the kernels can: (2, B, m, n), K first.
+    // K, and C where the problem keeps none in the block, built ahead of a problem's forward
+    // by another thread (for_each_problem), where the kernels can: (1 or 2, B, m, n), K first.
     const auto build_kernel_matrix = kernels.of<scalar_t>().build_kernel_matrix;
     std::vector<at::Tensor> built_ahead(problems.size());
     auto use_built_ahead = [&](int64_t k, SinkhornParams<scalar_t>& p) {
@@ -374,7 +373,8 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     auto ahead = [&](int64_t k) {
       if (online || build_kernel_matrix == nullptr) return;
       const Problem& pr = problems[k];
-      built_ahead[k] = scratch({2, pr.batch(), pr.m(), pr.n()}, pr.x.options());
+      const int64_t arrays = pr.kept_costs >= 0 ? 1 : 2;
+      built_ahead[k] = scratch({arrays, pr.batch(), pr.m(), pr.n()}, pr.x.options());
       auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
       use_built_ahead(k, p);
       build_kernel_matrix(p);
