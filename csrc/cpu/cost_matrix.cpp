@@ -141,17 +141,17 @@ void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost c
 }
 
 template <typename T>
-void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_a,
-                          const T* scale, T* grad_a, T* grad_b) {
+void contract_with_clouds(T* H, int64_t h_stride, const Cloud<T>& a, const Cloud<T>& b,
+                          bool b_is_a, const T* scale, T* grad_a, T* grad_b) {
   const int64_t batch = a.batch, rows = a.count, cols = b.count, d = a.d;
   // b_is_a: dW/da_r = sum_c H_rc (a_r - a_c) + sum_c H_cr (a_r - a_c), the row sums of H and
   // its column sums, as for grad_b; the products take them as the rows of H + H^T.
   if (b_is_a && a.by_products()) {
     for (int64_t bi = 0; bi < batch; ++bi) {
-      T* Hb = H + bi * rows * rows;
+      T* Hb = H + bi * rows * h_stride;
       for_each_equal_area_rows(rows, [&](int64_t start, int64_t stop) {
         for_each_pair_on_or_above_diagonal(rows, start, stop, [&](int64_t r, int64_t c) {
-          Hb[r * rows + c] = Hb[c * rows + r] = Hb[r * rows + c] + Hb[c * rows + r];
+          Hb[r * h_stride + c] = Hb[c * h_stride + r] = Hb[r * h_stride + c] + Hb[c * h_stride + r];
         });
       });
     }
@@ -168,28 +168,28 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
           grad[r * d + k] = s * (points[r * d + k] * sums[r] - grad[r * d + k]);
     };
     for (int64_t bi = 0; bi < batch; ++bi) {
-      T* Hb = H + bi * rows * cols;
+      T* Hb = H + bi * rows * h_stride;
       for_each_row_range(1, rows, cols, [&](int64_t, int64_t r0, int64_t r1) {
-        matvec(Hb + r0 * cols, static_cast<int>(r1 - r0), static_cast<int>(cols),
+        matvec(Hb + r0 * h_stride, h_stride, static_cast<int>(r1 - r0), static_cast<int>(cols),
                b.ones_and_coordinates(bi), sums.data() + r0);
       });
       at::Tensor out = matrix(grad_a + bi * rows * d, rows, d);
       if (b_is_a) {
-        for (int64_t r = 0; r < rows; ++r) Hb[r * rows + r] -= sums[r];
-        at::addmm_out(out, out, matrix(Hb, rows, cols), matrix(b.point(bi, 0), cols, d),
+        for (int64_t r = 0; r < rows; ++r) Hb[r * h_stride + r] -= sums[r];
+        at::addmm_out(out, out, matrix(Hb, rows, cols, h_stride), matrix(b.point(bi, 0), cols, d),
                       /*beta=*/0, /*alpha=*/-scale[bi]);
         continue;
       }
-      at::mm_out(out, matrix(Hb, rows, cols), matrix(b.point(bi, 0), cols, d));
+      at::mm_out(out, matrix(Hb, rows, cols, h_stride), matrix(b.point(bi, 0), cols, d));
       finish(a.point(bi, 0), scale[bi], grad_a + bi * rows * d, rows);
       if (grad_b == nullptr) continue;
       for_each_column_block(1, cols, rows, [&](int64_t, int64_t c0, int64_t c1) {
         std::fill(sums.begin() + c0, sums.begin() + c1, T(0));
-        matvec_transposed(Hb + c0, static_cast<int>(rows), cols, static_cast<int>(c1 - c0),
+        matvec_transposed(Hb + c0, static_cast<int>(rows), h_stride, static_cast<int>(c1 - c0),
                           a.ones_and_coordinates(bi), sums.data() + c0);
       });
       at::Tensor out_t = matrix(grad_b + bi * cols * d, cols, d);
-      at::mm_out(out_t, matrix(Hb, rows, cols).t(), matrix(a.point(bi, 0), rows, d));
+      at::mm_out(out_t, matrix(Hb, rows, cols, h_stride).t(), matrix(a.point(bi, 0), rows, d));
       finish(b.point(bi, 0), scale[bi], grad_b + bi * cols * d, cols);
     }
     return;
@@ -201,7 +201,7 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
     thread_local std::vector<T> sums;  // (d + 1, count)
     sums.resize(static_cast<std::size_t>((d + 1) * count));
     for (int64_t k = 0; k <= d; ++k)
-      matvec(H + (bi * rows + r0) * cols, count, static_cast<int>(cols),
+      matvec(H + (bi * rows + r0) * h_stride, h_stride, count, static_cast<int>(cols),
              b.ones_and_coordinates(bi) + k * cols, sums.data() + k * count);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t br = bi * rows + r;
@@ -217,7 +217,7 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
     thread_local std::vector<T> sums;  // (d + 1, width)
     sums.assign(static_cast<std::size_t>((d + 1) * width), T(0));
     for (int64_t k = 0; k <= d; ++k)
-      matvec_transposed(H + bi * rows * cols + c0, static_cast<int>(rows), cols, width,
+      matvec_transposed(H + bi * rows * h_stride + c0, static_cast<int>(rows), h_stride, width,
                         a.ones_and_coordinates(bi) + k * rows, sums.data() + k * width);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t bc = bi * cols + c;
@@ -239,8 +239,8 @@ void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_
   template void cost_tile<T>(const Cloud<T>&, const Cloud<T>&, int64_t, int64_t, int64_t,     \
                              int64_t, int64_t, Cost, T*, int64_t);                            \
   template void build_cost_matrix<T>(const Cloud<T>&, const Cloud<T>&, bool, Cost, T*);       \
-  template void contract_with_clouds<T>(T*, const Cloud<T>&, const Cloud<T>&, bool, const T*, \
-                                        T*, T*);
+  template void contract_with_clouds<T>(T*, int64_t, const Cloud<T>&, const Cloud<T>&, bool,  \
+                                        const T*, T*, T*);
 
 SK_INSTANTIATE(float)
 SK_INSTANTIATE(double)

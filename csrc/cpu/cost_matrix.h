@@ -75,14 +75,15 @@ class Costs {
 template <typename T>
 void build_cost_matrix(const Cloud<T>& a, const Cloud<T>& b, bool b_is_a, Cost cost, T* M);
 
-// The contraction of H = dW/dC * k(C), (B, rows, cols), with the clouds:
+// The contraction of H = dW/dC * k(C), (B, rows, cols) with rows h_stride apart, with the
+// clouds:
 //   grad_a[b, r, :] = scale[b] sum_c H[b, r, c] (a_r - b_c) and, if grad_b is not null,
 //   grad_b[b, c, :] = scale[b] sum_r H[b, r, c] (b_c - a_r).
 // If b_is_a (the self-terms), grad_a gets the gradient through both arguments, and grad_b
 // must be null; from kGemmMinDim on, H is overwritten by H + H^T, less its row sums on the
 // diagonal.
 template <typename T>
-void contract_with_clouds(T* H, const Cloud<T>& a, const Cloud<T>& b, bool b_is_a,
-                          const T* scale, T* grad_a, T* grad_b);
+void contract_with_clouds(T* H, int64_t h_stride, const Cloud<T>& a, const Cloud<T>& b,
+                          bool b_is_a, const T* scale, T* grad_a, T* grad_b);
 
 }  // namespace sinkhorn::cpu

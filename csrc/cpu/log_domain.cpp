@@ -138,7 +138,7 @@ void log_domain_backward(const SinkhornParams<T>& p, const T* C) {
       }
     }
   });
-  finish_backward(p, G);
+  finish_backward(p, G, p.n);
 }
 
 template void log_domain_forward<float>(const SinkhornParams<float>&, const float*);

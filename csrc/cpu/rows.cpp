@@ -78,19 +78,19 @@ SK_INLINE T lane_squared_distance(const T* __restrict__ a, const T* __restrict__
 // indexes row pointers by its counter alone, which stays contiguous to the compiler even
 // under -fwrapv, Python's flag that setup.py undoes with -fno-wrapv.)
 template <typename T, bool Product>
-SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int rows, int n,
-                           const T* __restrict__ v, T* __restrict__ out) {
+SK_INLINE void matvec_impl(const T* __restrict__ M, long m_stride, const T* __restrict__ P,
+                           long p_stride, int rows, int n, const T* __restrict__ v,
+                           T* __restrict__ out) {
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
-    const long o = static_cast<long>(r) * n;
-    const T* __restrict__ m0 = M + o;
-    const T* __restrict__ m1 = m0 + n;
-    const T* __restrict__ m2 = m1 + n;
-    const T* __restrict__ m3 = m2 + n;
-    const T* __restrict__ p0 = Product ? P + o : nullptr;
-    const T* __restrict__ p1 = Product ? p0 + n : nullptr;
-    const T* __restrict__ p2 = Product ? p1 + n : nullptr;
-    const T* __restrict__ p3 = Product ? p2 + n : nullptr;
+    const T* __restrict__ m0 = M + r * m_stride;
+    const T* __restrict__ m1 = m0 + m_stride;
+    const T* __restrict__ m2 = m1 + m_stride;
+    const T* __restrict__ m3 = m2 + m_stride;
+    const T* __restrict__ p0 = Product ? P + r * p_stride : nullptr;
+    const T* __restrict__ p1 = Product ? p0 + p_stride : nullptr;
+    const T* __restrict__ p2 = Product ? p1 + p_stride : nullptr;
+    const T* __restrict__ p3 = Product ? p2 + p_stride : nullptr;
     T s0 = T(0), s1 = T(0), s2 = T(0), s3 = T(0);
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int c = 0; c < n; ++c) {
@@ -112,10 +112,8 @@ SK_INLINE void matvec_impl(const T* __restrict__ M, const T* __restrict__ P, int
     out[r + 2] = s2;
     out[r + 3] = s3;
   }
-  for (; r < rows; ++r) {
-    const long o = static_cast<long>(r) * n;
-    out[r] = lane_dot<T, Product>(M + o, v, Product ? P + o : nullptr, n);
-  }
+  for (; r < rows; ++r)
+    out[r] = lane_dot<T, Product>(M + r * m_stride, v, Product ? P + r * p_stride : nullptr, n);
 }
 
 #if SK_HAVE_X86_KERNELS
@@ -295,7 +293,7 @@ SK_AVX512 SK_INLINE auto reduce_max(typename V::Vec a) {
 // eight row sums come out of one transposing reduction instead of eight horizontal ones.
 // The rows of matvec in blocks of eight (rows left over: one at a time, alike).
 template <typename T, int Rows>
-SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
+SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, long stride, int n,
                                             const T* __restrict__ v, T* __restrict__ out) {
   using V = Avx512<T>;
   constexpr int W = V::kLanes;
@@ -306,12 +304,12 @@ SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
   for (; c + W <= n; c += W) {
     const auto vc = V::load(v + c);
     for (int q = 0; q < Rows; ++q)
-      acc[q] = V::fma(V::load(M + static_cast<long>(q) * n + c), vc, acc[q]);
+      acc[q] = V::fma(V::load(M + q * stride + c), vc, acc[q]);
   }
   if (tail != 0) {
     const auto vc = V::load(tail, v + c);
     for (int q = 0; q < Rows; ++q)
-      acc[q] = V::fma(V::load(tail, M + static_cast<long>(q) * n + c), vc, acc[q]);
+      acc[q] = V::fma(V::load(tail, M + q * stride + c), vc, acc[q]);
   }
   for (int q = Rows; q < 8; ++q) acc[q] = V::zero();
   T sums[8];
@@ -320,11 +318,10 @@ SK_AVX512 SK_INLINE void matvec_rows_avx512(const T* __restrict__ M, int n,
 }
 
 template <typename T>
-SK_AVX512 void matvec_avx512(const T* M, int rows, int n, const T* v, T* out) {
+SK_AVX512 void matvec_avx512(const T* M, long stride, int rows, int n, const T* v, T* out) {
   int r = 0;
-  for (; r + 8 <= rows; r += 8)
-    matvec_rows_avx512<T, 8>(M + static_cast<long>(r) * n, n, v, out + r);
-  for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + static_cast<long>(r) * n, n, v, out + r);
+  for (; r + 8 <= rows; r += 8) matvec_rows_avx512<T, 8>(M + r * stride, stride, n, v, out + r);
+  for (; r < rows; ++r) matvec_rows_avx512<T, 1>(M + r * stride, stride, n, v, out + r);
 }
 
 // matvec_transposed by hand for AVX-512: a block of up to kColumnVectors vectors of columns
@@ -567,8 +564,8 @@ constexpr int gradient_register_columns() {
 // then the rows of H. The K and C of the next block are fetched meanwhile (they come from
 // memory at large sizes; the sums take R multiply-adds per element).
 template <typename T, int Bytes, int Rows>
-SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A, int R,
-                                      const T* __restrict__ F, long f_stride,
+SK_INLINE void scaling_gradient_block(T* __restrict__ K, long k_stride, const T* __restrict__ A,
+                                      int R, const T* __restrict__ F, long f_stride,
                                       const T* __restrict__ C, long c_stride,
                                       const T* __restrict__ t_row,
                                       const T* __restrict__ t_column, T inv_eps, int n, int c0,
@@ -581,7 +578,7 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
     for (int q = 0; q < Rows; ++q) {
 #pragma GCC unroll 4
       for (int v = 0; v < kGradientVectors; ++v) {
-        __builtin_prefetch(K + static_cast<long>(q) * n + c0 + kColumns + v * W);
+        __builtin_prefetch(K + q * k_stride + c0 + kColumns + v * W);
         __builtin_prefetch(C + q * c_stride + c0 + kColumns + v * W);
       }
     }
@@ -612,7 +609,7 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
     for (int q = 0; q < Rows; ++q) {
 #pragma GCC unroll 4
       for (int v = 0; v < kGradientVectors; ++v) {
-        T* K_at = K + static_cast<long>(q) * n + c0 + v * W;
+        T* K_at = K + q * k_stride + c0 + v * W;
         Vec k, c;
         std::memcpy(&k, K_at, sizeof(Vec));
         std::memcpy(&c, C + q * c_stride + c0 + v * W, sizeof(Vec));
@@ -629,7 +626,7 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
   std::memcpy(t_col, t_column + c0, sizeof(T) * width);
   for (int q = 0; q < Rows; ++q) {
     T k[kColumns] = {}, c[kColumns] = {}, h[kColumns];
-    std::memcpy(k, K + static_cast<long>(q) * n + c0, sizeof(T) * width);
+    std::memcpy(k, K + q * k_stride + c0, sizeof(T) * width);
     std::memcpy(c, C + q * c_stride + c0, sizeof(T) * width);
     for (int v = 0; v < kGradientVectors; ++v) {
       Vec kv, cv, tv, hv;
@@ -639,7 +636,7 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
       gradient_lanes(kv, acc[q][v], cv, t_row[q], tv, inv_eps, cost, hv);
       std::memcpy(h + v * W, &hv, sizeof(Vec));
     }
-    std::memcpy(K + static_cast<long>(q) * n + c0, h, sizeof(T) * width);
+    std::memcpy(K + q * k_stride + c0, h, sizeof(T) * width);
   }
 }
 
@@ -648,10 +645,10 @@ SK_INLINE void scaling_gradient_block(T* __restrict__ K, const T* __restrict__ A
 // 8 ymm of 16 on AVX2). Blocks too wide for the registers spill their sums to the stack on
 // every multiply-add.
 template <typename T, int Bytes>
-SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, long f_stride,
-                                          const T* C, long c_stride, const T* t_row,
-                                          const T* t_column, T inv_eps, int rows, int n,
-                                          Cost cost) {
+SK_INLINE void scaling_gradient_rows_impl(T* K, long k_stride, const T* A, int R, const T* F,
+                                          long f_stride, const T* C, long c_stride,
+                                          const T* t_row, const T* t_column, T inv_eps, int rows,
+                                          int n, Cost cost) {
   constexpr int kColumns = gradient_register_columns<T, Bytes>();
   static_assert(gradient_block_columns<T>() % kColumns == 0,
                 "F's padding must hold whole register blocks");
@@ -659,30 +656,31 @@ SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, l
   for (int chunk = 0; chunk < n; chunk += kChunk) {
     const int chunk_end = std::min(n, chunk + kChunk);
     for (int r = 0; r < rows; r += kGradientRows) {
-      T* K_rows = K + static_cast<long>(r) * n;
+      T* K_rows = K + r * k_stride;
       const T* A_rows = A + static_cast<long>(r) * R;
       const T* C_rows = C + r * c_stride;
       for (int c0 = chunk; c0 < chunk_end; c0 += kColumns) {
         switch (std::min(kGradientRows, rows - r)) {
           case 1:
-            scaling_gradient_block<T, Bytes, 1>(K_rows, A_rows, R, F, f_stride, C_rows,
+            scaling_gradient_block<T, Bytes, 1>(K_rows, k_stride, A_rows, R, F, f_stride, C_rows,
                                                 c_stride, t_row + r, t_column, inv_eps, n, c0,
                                                 cost);
             break;
           case 2:
-            scaling_gradient_block<T, Bytes, 2>(K_rows, A_rows, R, F, f_stride, C_rows,
+            scaling_gradient_block<T, Bytes, 2>(K_rows, k_stride, A_rows, R, F, f_stride, C_rows,
                                                 c_stride, t_row + r, t_column, inv_eps, n, c0,
                                                 cost);
             break;
           case 3:
-            scaling_gradient_block<T, Bytes, 3>(K_rows, A_rows, R, F, f_stride, C_rows,
+            scaling_gradient_block<T, Bytes, 3>(K_rows, k_stride, A_rows, R, F, f_stride, C_rows,
                                                 c_stride, t_row + r, t_column, inv_eps, n, c0,
                                                 cost);
             break;
           default:
-            scaling_gradient_block<T, Bytes, kGradientRows>(K_rows, A_rows, R, F, f_stride,
-                                                            C_rows, c_stride, t_row + r,
-                                                            t_column, inv_eps, n, c0, cost);
+            scaling_gradient_block<T, Bytes, kGradientRows>(K_rows, k_stride, A_rows, R, F,
+                                                            f_stride, C_rows, c_stride,
+                                                            t_row + r, t_column, inv_eps, n, c0,
+                                                            cost);
         }
       }
     }
@@ -691,19 +689,19 @@ SK_INLINE void scaling_gradient_rows_impl(T* K, const T* A, int R, const T* F, l
 
 #if SK_HAVE_X86_KERNELS
 template <typename T>
-SK_AVX512 void scaling_gradient_rows_avx512(T* K, const T* A, int R, const T* F, long f_stride,
-                                            const T* C, long c_stride, const T* t_row,
-                                            const T* t_column, T inv_eps, int rows, int n,
-                                            Cost cost) {
-  scaling_gradient_rows_impl<T, 64>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+SK_AVX512 void scaling_gradient_rows_avx512(T* K, long k_stride, const T* A, int R, const T* F,
+                                            long f_stride, const T* C, long c_stride,
+                                            const T* t_row, const T* t_column, T inv_eps,
+                                            int rows, int n, Cost cost) {
+  scaling_gradient_rows_impl<T, 64>(K, k_stride, A, R, F, f_stride, C, c_stride, t_row, t_column,
                                     inv_eps, rows, n, cost);
 }
 template <typename T>
-SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, long f_stride,
-                                        const T* C, long c_stride, const T* t_row,
+SK_AVX2 void scaling_gradient_rows_avx2(T* K, long k_stride, const T* A, int R, const T* F,
+                                        long f_stride, const T* C, long c_stride, const T* t_row,
                                         const T* t_column, T inv_eps, int rows, int n,
                                         Cost cost) {
-  scaling_gradient_rows_impl<T, 32>(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
+  scaling_gradient_rows_impl<T, 32>(K, k_stride, A, R, F, f_stride, C, c_stride, t_row, t_column,
                                     inv_eps, rows, n, cost);
 }
 
@@ -713,7 +711,8 @@ SK_AVX2 void scaling_gradient_rows_avx2(T* K, const T* A, int R, const T* F, lon
 // matvec_impl keeps four sums, too few to cover the latency of their multiply-adds; a block
 // of columns stays in registers through all the rows in matvec_transposed, where the
 // compiler's code loads and stores acc for every four rows. The columns past the last whole
-// vector are summed one at a time, each in the same order as the others.
+// vector go in one more vector, masked to them, as on AVX-512 (one at a time, each chain of
+// multiply-adds waiting on the last, they cost about a tenth of a pass at 204 columns).
 template <typename T, int Bytes>
 SK_INLINE T sum_of_lanes(const typename Vector<T, Bytes>::type& a) {
   if constexpr (Bytes == 2 * sizeof(T)) {
@@ -727,9 +726,30 @@ SK_INLINE T sum_of_lanes(const typename Vector<T, Bytes>::type& a) {
   }
 }
 
+// AVX2's masked loads and stores of the first count lanes (the columns past the last whole
+// vector), zeros in the others.
+SK_AVX2 SK_INLINE __m256i first_lanes(float, int count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+SK_AVX2 SK_INLINE __m256i first_lanes(double, int count) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+SK_AVX2 SK_INLINE __m256 masked_load(const float* p, __m256i lanes) {
+  return _mm256_maskload_ps(p, lanes);
+}
+SK_AVX2 SK_INLINE __m256d masked_load(const double* p, __m256i lanes) {
+  return _mm256_maskload_pd(p, lanes);
+}
+SK_AVX2 SK_INLINE void masked_store(float* p, __m256i lanes, __m256 a) {
+  _mm256_maskstore_ps(p, lanes, a);
+}
+SK_AVX2 SK_INLINE void masked_store(double* p, __m256i lanes, __m256d a) {
+  _mm256_maskstore_pd(p, lanes, a);
+}
+
 template <typename T, int Bytes, int Rows>
-SK_INLINE void matvec_rows_vectors(const T* __restrict__ M, int n, const T* __restrict__ v,
-                                   T* __restrict__ out) {
+SK_AVX2 SK_INLINE void matvec_rows_vectors(const T* __restrict__ M, long stride, int n,
+                                           const T* __restrict__ v, T* __restrict__ out) {
   using Vec = typename Vector<T, Bytes>::type;
   constexpr int W = Bytes / static_cast<int>(sizeof(T));
   Vec acc[Rows];
@@ -742,30 +762,33 @@ SK_INLINE void matvec_rows_vectors(const T* __restrict__ M, int n, const T* __re
 #pragma GCC unroll 8
     for (int q = 0; q < Rows; ++q) {
       Vec row;
-      std::memcpy(&row, M + static_cast<long>(q) * n + c, sizeof(Vec));
+      std::memcpy(&row, M + q * stride + c, sizeof(Vec));
       acc[q] += row * vc;
     }
   }
+  if (c < n) {
+    const __m256i lanes = first_lanes(T(), n - c);
+    const Vec vc = masked_load(v + c, lanes);
 #pragma GCC unroll 8
-  for (int q = 0; q < Rows; ++q) {
-    T sum = sum_of_lanes<T, Bytes>(acc[q]);
-    for (int t = c; t < n; ++t) sum += M[static_cast<long>(q) * n + t] * v[t];
-    out[q] = sum;
+    for (int q = 0; q < Rows; ++q)
+      acc[q] += Vec(masked_load(M + q * stride + c, lanes)) * vc;
   }
+#pragma GCC unroll 8
+  for (int q = 0; q < Rows; ++q) out[q] = sum_of_lanes<T, Bytes>(acc[q]);
 }
 
 template <typename T, int Bytes>
-SK_INLINE void matvec_vectors(const T* M, int rows, int n, const T* v, T* out) {
+SK_AVX2 SK_INLINE void matvec_vectors(const T* M, long stride, int rows, int n, const T* v,
+                                      T* out) {
   int r = 0;
   for (; r + 8 <= rows; r += 8)
-    matvec_rows_vectors<T, Bytes, 8>(M + static_cast<long>(r) * n, n, v, out + r);
-  for (; r < rows; ++r)
-    matvec_rows_vectors<T, Bytes, 1>(M + static_cast<long>(r) * n, n, v, out + r);
+    matvec_rows_vectors<T, Bytes, 8>(M + r * stride, stride, n, v, out + r);
+  for (; r < rows; ++r) matvec_rows_vectors<T, Bytes, 1>(M + r * stride, stride, n, v, out + r);
 }
 
 template <typename T, int Bytes, int Vectors>
-SK_INLINE void transposed_block_vectors(const T* __restrict__ M, long stride, int rows,
-                                        const T* __restrict__ v, T* __restrict__ acc) {
+SK_AVX2 SK_INLINE void transposed_block_vectors(const T* __restrict__ M, long stride, int rows,
+                                                const T* __restrict__ v, T* __restrict__ acc) {
   using Vec = typename Vector<T, Bytes>::type;
   constexpr int W = Bytes / static_cast<int>(sizeof(T));
   Vec sums[Vectors];
@@ -786,8 +809,8 @@ SK_INLINE void transposed_block_vectors(const T* __restrict__ M, long stride, in
 }
 
 template <typename T, int Bytes>
-SK_INLINE void matvec_transposed_vectors(const T* M, int rows, long stride, int width,
-                                         const T* v, T* acc) {
+SK_AVX2 SK_INLINE void matvec_transposed_vectors(const T* M, int rows, long stride, int width,
+                                                 const T* v, T* acc) {
   constexpr int W = Bytes / static_cast<int>(sizeof(T));
   const int whole = width / W;  // vectors
   for (int q0 = 0; q0 < whole; q0 += kColumnVectors) {
@@ -804,16 +827,20 @@ SK_INLINE void matvec_transposed_vectors(const T* M, int rows, long stride, int 
       default: transposed_block_vectors<T, Bytes, 8>(block, stride, rows, v, block_acc);
     }
   }
-  for (int c = whole * W; c < width; ++c) {
-    T sum = acc[c];
-    for (int r = 0; r < rows; ++r) sum += v[r] * M[r * stride + c];
-    acc[c] = sum;
+  if (whole * W < width) {  // one chain through the rows for all the columns left
+    using Vec = typename Vector<T, Bytes>::type;
+    const __m256i lanes = first_lanes(T(), width - whole * W);
+    T* tail = acc + whole * W;
+    Vec sum = masked_load(tail, lanes);
+    for (int r = 0; r < rows; ++r)
+      sum += Vec(masked_load(M + r * stride + whole * W, lanes)) * v[r];
+    masked_store(tail, lanes, sum);
   }
 }
 
 template <typename T>
-SK_AVX2 void matvec_avx2(const T* M, int rows, int n, const T* v, T* out) {
-  matvec_vectors<T, 32>(M, rows, n, v, out);
+SK_AVX2 void matvec_avx2(const T* M, long stride, int rows, int n, const T* v, T* out) {
+  matvec_vectors<T, 32>(M, stride, rows, n, v, out);
 }
 template <typename T>
 SK_AVX2 void matvec_transposed_avx2(const T* M, int rows, long stride, int width, const T* v,
@@ -939,12 +966,13 @@ SK_INLINE void accumulate_piece_impl(const T* __restrict__ gk, int n, const T* _
                                      T* __restrict__ out) {                                  \
     _Pragma("omp simd") for (int c = 0; c < n; ++c) out[c] = scaled_softmin(sums[c], shift, eps); \
   }                                                                                          \
-  SK_CPU_CLONES void matvec_portable(const T* M, int rows, int n, const T* v, T* out) {     \
-    matvec_impl<T, false>(M, nullptr, rows, n, v, out);                                      \
+  SK_CPU_CLONES void matvec_portable(const T* M, long stride, int rows, int n, const T* v,   \
+                                     T* out) {                                               \
+    matvec_impl<T, false>(M, stride, nullptr, 0, rows, n, v, out);                           \
   }                                                                                          \
-  SK_CPU_CLONES void matvec_product(const T* A, const T* B, int rows, int n, const T* v,     \
-                                    T* out) {                                                \
-    matvec_impl<T, true>(A, B, rows, n, v, out);                                             \
+  SK_CPU_CLONES void matvec_product(const T* A, long a_stride, const T* B, long b_stride,    \
+                                    int rows, int n, const T* v, T* out) {                   \
+    matvec_impl<T, true>(A, a_stride, B, b_stride, rows, n, v, out);                         \
   }                                                                                          \
   SK_CPU_CLONES void matvec_transposed_portable(const T* M, int rows, long stride, int width, \
                                                 const T* v, T* acc) {                        \
@@ -1057,19 +1085,19 @@ double adjoint_piece(const double* row, const double* h, const double* adj, doub
 }
 
 template <typename T>
-void matvec_dispatch(const T* M, int rows, int n, const T* v, T* out) {
+void matvec_dispatch(const T* M, long stride, int rows, int n, const T* v, T* out) {
 #if SK_HAVE_X86_KERNELS
-  if (has_avx512()) return matvec_avx512(M, rows, n, v, out);
-  if (has_avx2()) return matvec_avx2(M, rows, n, v, out);
+  if (has_avx512()) return matvec_avx512(M, stride, rows, n, v, out);
+  if (has_avx2()) return matvec_avx2(M, stride, rows, n, v, out);
 #endif
-  matvec_portable(M, rows, n, v, out);
+  matvec_portable(M, stride, rows, n, v, out);
 }
 
-void matvec(const float* M, int rows, int n, const float* v, float* out) {
-  matvec_dispatch(M, rows, n, v, out);
+void matvec(const float* M, long stride, int rows, int n, const float* v, float* out) {
+  matvec_dispatch(M, stride, rows, n, v, out);
 }
-void matvec(const double* M, int rows, int n, const double* v, double* out) {
-  matvec_dispatch(M, rows, n, v, out);
+void matvec(const double* M, long stride, int rows, int n, const double* v, double* out) {
+  matvec_dispatch(M, stride, rows, n, v, out);
 }
 
 template <typename T>
@@ -1093,32 +1121,32 @@ void matvec_transposed(const double* M, int rows, long stride, int width, const 
 
 // By the widest vectors whose register blocks fit the machine's registers.
 template <typename T>
-void scaling_gradient_rows_dispatch(T* K, const T* A, int R, const T* F, long f_stride,
-                                    const T* C, long c_stride, const T* t_row, const T* t_column,
-                                    T inv_eps, int rows, int n, Cost cost) {
+void scaling_gradient_rows_dispatch(T* K, long k_stride, const T* A, int R, const T* F,
+                                    long f_stride, const T* C, long c_stride, const T* t_row,
+                                    const T* t_column, T inv_eps, int rows, int n, Cost cost) {
 #if SK_HAVE_X86_KERNELS
   if (has_avx512())
-    return scaling_gradient_rows_avx512(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
-                                        inv_eps, rows, n, cost);
+    return scaling_gradient_rows_avx512(K, k_stride, A, R, F, f_stride, C, c_stride, t_row,
+                                        t_column, inv_eps, rows, n, cost);
   if (has_avx2())
-    return scaling_gradient_rows_avx2(K, A, R, F, f_stride, C, c_stride, t_row, t_column,
-                                      inv_eps, rows, n, cost);
+    return scaling_gradient_rows_avx2(K, k_stride, A, R, F, f_stride, C, c_stride, t_row,
+                                      t_column, inv_eps, rows, n, cost);
 #endif
-  scaling_gradient_rows_impl<T, 16>(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
-                                    rows, n, cost);
+  scaling_gradient_rows_impl<T, 16>(K, k_stride, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                    inv_eps, rows, n, cost);
 }
 
-void scaling_gradient_rows(float* K, const float* A, int R, const float* F, long f_stride,
-                           const float* C, long c_stride, const float* t_row,
+void scaling_gradient_rows(float* K, long k_stride, const float* A, int R, const float* F,
+                           long f_stride, const float* C, long c_stride, const float* t_row,
                            const float* t_column, float inv_eps, int rows, int n, Cost cost) {
-  scaling_gradient_rows_dispatch(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
-                                 rows, n, cost);
+  scaling_gradient_rows_dispatch(K, k_stride, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                 inv_eps, rows, n, cost);
 }
-void scaling_gradient_rows(double* K, const double* A, int R, const double* F, long f_stride,
-                           const double* C, long c_stride, const double* t_row,
+void scaling_gradient_rows(double* K, long k_stride, const double* A, int R, const double* F,
+                           long f_stride, const double* C, long c_stride, const double* t_row,
                            const double* t_column, double inv_eps, int rows, int n, Cost cost) {
-  scaling_gradient_rows_dispatch(K, A, R, F, f_stride, C, c_stride, t_row, t_column, inv_eps,
-                                 rows, n, cost);
+  scaling_gradient_rows_dispatch(K, k_stride, A, R, F, f_stride, C, c_stride, t_row, t_column,
+                                 inv_eps, rows, n, cost);
 }
 
 // With Nonpositive, every argument is <= 0 (exp_affine_nonpositive). The AVX-512 kernel's exp

@@ -67,13 +67,16 @@ void exp_affine_nonpositive(const double* v, double shift, double scale, int n, 
 // out_c = scaled_softmin(sums_c, shift, eps) = -shift - eps log(sums_c) (core/softmin.h)
 void scaled_softmins(const float* sums, float shift, float eps, int n, float* out);
 void scaled_softmins(const double* sums, double shift, double eps, int n, double* out);
-// out_r = sum_c M_rc v_c for the rows r < rows of M (rows, n), several rows per load of v
-void matvec(const float* M, int rows, int n, const float* v, float* out);
-void matvec(const double* M, int rows, int n, const double* v, double* out);
-// out_r = sum_c A_rc B_rc v_c for the rows r < rows of A and B (rows, n), four at a time
-void matvec_product(const float* A, const float* B, int rows, int n, const float* v, float* out);
-void matvec_product(const double* A, const double* B, int rows, int n, const double* v,
-                    double* out);
+// out_r = sum_c M[r * stride + c] v_c for c < n and the rows r < rows of M, several rows per
+// load of v
+void matvec(const float* M, long stride, int rows, int n, const float* v, float* out);
+void matvec(const double* M, long stride, int rows, int n, const double* v, double* out);
+// out_r = sum_c A[r * a_stride + c] B[r * b_stride + c] v_c for c < n and the rows r < rows,
+// four at a time
+void matvec_product(const float* A, long a_stride, const float* B, long b_stride, int rows,
+                    int n, const float* v, float* out);
+void matvec_product(const double* A, long a_stride, const double* B, long b_stride, int rows,
+                    int n, const double* v, double* out);
 // acc_c += sum_r v_r M[r * stride + c] for c < width: the product of a block of columns of
 // M (rows, stride) with v (on AVX-512 and AVX2 by blocks of columns summed in registers over
 // all the rows, elsewhere four rows at a time)
@@ -87,8 +90,8 @@ void matvec_product_transposed(const float* A, long a_stride, const float* B, lo
                                int rows, int width, const float* v, float* acc);
 void matvec_product_transposed(const double* A, long a_stride, const double* B, long b_stride,
                                int rows, int width, const double* v, double* acc);
-// The rows r < rows of H = dW/dC * k(C) for the scaling strategy, over the rows of K (rows, n)
-// they overwrite, with k of core/cost.h and C's rows c_stride apart:
+// The rows r < rows of H = dW/dC * k(C) for the scaling strategy, over the rows of K (rows, n;
+// k_stride apart) they overwrite, with k of core/cost.h and C's rows c_stride apart:
 //   H_rc = K_rc (sum_k A[r * R + k] F[k * f_stride + c] + t_row_r t_column_c (1 - C_rc inv_eps))
 //          k(C_rc). The rank-R sums are made in registers, by blocks of rows and of
 // gradient_block_columns<T>() columns, each over k in order; F's rows hold a whole number of
@@ -97,11 +100,11 @@ template <typename T>
 constexpr int gradient_block_columns() {
   return static_cast<int>(128 / sizeof(T));
 }
-void scaling_gradient_rows(float* K, const float* A, int R, const float* F, long f_stride,
-                           const float* C, long c_stride, const float* t_row,
+void scaling_gradient_rows(float* K, long k_stride, const float* A, int R, const float* F,
+                           long f_stride, const float* C, long c_stride, const float* t_row,
                            const float* t_column, float inv_eps, int rows, int n, Cost cost);
-void scaling_gradient_rows(double* K, const double* A, int R, const double* F, long f_stride,
-                           const double* C, long c_stride, const double* t_row,
+void scaling_gradient_rows(double* K, long k_stride, const double* A, int R, const double* F,
+                           long f_stride, const double* C, long c_stride, const double* t_row,
                            const double* t_column, double inv_eps, int rows, int n, Cost cost);
 // sum_k (a_k - b_k)^2, summed in vector lanes (for large d; core/cost.h squared_distance sums
 // in order)

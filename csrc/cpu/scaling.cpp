@@ -9,6 +9,7 @@
 // K^T, and its contribution to dW/dC is K times a rank-one matrix; dW/dC is formed once at the
 // end as K (A F + terminal term), with A (m, 2L) and F (2L, n) the stacked factors. C is read
 // through Costs; recomputed by tiles (large C, small d), it leaves K the one m x n array kept.
+// K's rows are kernel_matrix_stride(n) apart (core/params.h), and so are H's, written over it.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -55,16 +56,16 @@ void row_then_column_part(const T* K, const T* v_b, int64_t b, int64_t part, int
                           const RowStep& row_step) {
   const int64_t tile_rows = fused_tile_rows<T>(cols);
   const auto [r0, r1] = row_part_range(rows, parts, part);
-  const int64_t slot = b * parts + part;
+  const int64_t slot = b * parts + part, ld = kernel_matrix_stride<T>(cols);
   T* part_columns = columns + slot * cols;
   std::fill(part_columns, part_columns + cols, T(0));
   for (int64_t t0 = r0; t0 < r1; t0 += tile_rows) {
     const int64_t t1 = std::min(r1, t0 + tile_rows);
-    const T* tile = K + (b * rows + t0) * cols;
-    matvec(tile, static_cast<int>(t1 - t0), static_cast<int>(cols), v_b, out + b * rows + t0);
+    const T* tile = K + (b * rows + t0) * ld;
+    matvec(tile, ld, static_cast<int>(t1 - t0), static_cast<int>(cols), v_b, out + b * rows + t0);
     const T* weights = row_step(b, slot, t0, t1);
     if (weights != nullptr)
-      matvec_transposed(tile, static_cast<int>(t1 - t0), cols, static_cast<int>(cols), weights,
+      matvec_transposed(tile, static_cast<int>(t1 - t0), ld, static_cast<int>(cols), weights,
                         part_columns);
   }
 }
@@ -81,10 +82,10 @@ void row_then_column_products(const T* K, const T* v, int64_t batch, int64_t row
 template <typename T>
 void cost_kernel_row_products(const Costs<T>& C, const T* K, const T* v, int64_t batch,
                               int64_t rows, int64_t cols, T* out) {
+  const int64_t ld = kernel_matrix_stride<T>(cols);
   for_each_tile(batch, rows, 2 * cols, [&](int64_t b, int64_t r0, int64_t r1) {
     const auto [C_tile, stride] = C.tile(b, r0, r1, 0, cols, tile_scratch<T>(cols));
-    (void)stride;  // a whole row: cols
-    matvec_product(C_tile, K + (b * rows + r0) * cols, static_cast<int>(r1 - r0),
+    matvec_product(C_tile, stride, K + (b * rows + r0) * ld, ld, static_cast<int>(r1 - r0),
                    static_cast<int>(cols), v + b * cols, out + b * rows + r0);
   });
 }
@@ -93,6 +94,7 @@ void cost_kernel_row_products(const Costs<T>& C, const T* K, const T* v, int64_t
 template <typename T>
 void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int64_t batch,
                                  int64_t rows, int64_t cols, T* out) {
+  const int64_t ld = kernel_matrix_stride<T>(cols);
   for_each_column_block(batch, cols, 2 * rows, [&](int64_t b, int64_t c0, int64_t c1) {
     const int64_t width = c1 - c0;
     T* acc = out + b * cols + c0;
@@ -100,7 +102,7 @@ void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int6
     for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int64_t r1 = std::min(rows, r0 + kTileRows);
       const auto [C_tile, stride] = C.tile(b, r0, r1, c0, c1, tile_scratch<T>(width));
-      matvec_product_transposed(C_tile, stride, K + (b * rows + r0) * cols + c0, cols,
+      matvec_product_transposed(C_tile, stride, K + (b * rows + r0) * ld + c0, ld,
                                 static_cast<int>(r1 - r0), static_cast<int>(width),
                                 v + b * rows + r0, acc);
     }
@@ -110,11 +112,12 @@ void cost_kernel_column_products(const Costs<T>& C, const T* K, const T* v, int6
 // K = exp(-C / eps).
 template <typename T>
 void build_kernel_matrix(const Costs<T>& C, int64_t batch, int64_t m, int64_t n, T eps, T* K) {
+  const int64_t ld = kernel_matrix_stride<T>(n);
   for_each_tile(batch, m, (kExpWork + 4) * n, [&](int64_t b, int64_t i0, int64_t i1) {
     const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
     for (int64_t i = i0; i < i1; ++i)
       exp_affine_nonpositive(C_tile + (i - i0) * stride, T(0), T(-1) / eps,
-                             static_cast<int>(n), K + (b * m + i) * n);
+                             static_cast<int>(n), K + (b * m + i) * ld);
   });
 }
 
@@ -136,7 +139,8 @@ void scaling_forward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   constexpr T kNone = -std::numeric_limits<T>::infinity();
   const int64_t parts = row_parts(B, m, 2 * n), slots = B * parts;
-  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // K, unless left for the backward
+  // K, unless left for the backward
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * kernel_matrix_stride<T>(n));
   Buffer<T> f_buffer(B * m), g_buffer(B * n), e_buffer(B * n), shift_buffer(B);
   Buffer<T> row_buffer(B * m), weight_buffer(B * m);
   // Per slot (a part of the rows of a batch): its column sums and its max f, by the parity of
@@ -248,11 +252,13 @@ void scaling_kernel_matrix(const SinkhornParams<T>& p, const Costs<T>& C) {
 template <typename T>
 void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
   const int64_t B = p.batch, m = p.m, n = p.n, L = p.iters, R = 2 * L;
+  const int64_t ld = kernel_matrix_stride<T>(n);
   const T eps = p.eps, inv_eps = T(1) / eps;
   const std::vector<T> log_alpha = eps_log(p.x_weights, B * m, eps);
   const std::vector<T> log_beta = eps_log(p.y_weights, B * n, eps);
   const int64_t parts = row_parts(B, m, 2 * n);
-  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * n);  // K, unless the forward left it
+  // K, unless the forward left it
+  Buffer<T> K_buffer(p.kernel_matrix ? 0 : B * m * kernel_matrix_stride<T>(n));
   Buffer<T> f_buffer(B * m), g_buffer(B * n);
   Buffer<T> phi_buffer(B * m), psi_buffer(B * n), e_buffer(B * n), shift_buffer(B);
   Buffer<T> f_factor_buffer(B * m), f_shift_buffer(B), part_column_buffer(B * parts * n);
@@ -367,12 +373,12 @@ void scaling_backward(const SinkhornParams<T>& p, const Costs<T>& C) {
     std::fill(F + row * f_stride + n, F + (row + 1) * f_stride, T(0));
   for_each_tile(B, m, (R + 8) * n, [&](int64_t b, int64_t i0, int64_t i1) {
     const auto [C_tile, stride] = C.tile(b, i0, i1, 0, n, tile_scratch<T>(n));
-    scaling_gradient_rows(K + (b * m + i0) * n, A + (b * m + i0) * R, static_cast<int>(R),
-                          F + b * R * f_stride, f_stride, C_tile, stride, terminal_row + b * m + i0,
-                          terminal_column + b * n, inv_eps, static_cast<int>(i1 - i0),
-                          static_cast<int>(n), p.cost);
+    scaling_gradient_rows(K + (b * m + i0) * ld, ld, A + (b * m + i0) * R,
+                          static_cast<int>(R), F + b * R * f_stride, f_stride, C_tile, stride,
+                          terminal_row + b * m + i0, terminal_column + b * n, inv_eps,
+                          static_cast<int>(i1 - i0), static_cast<int>(n), p.cost);
   });
-  finish_backward(p, K);
+  finish_backward(p, K, ld);
 }
 
 template void scaling_forward<float>(const SinkhornParams<float>&, const Costs<float>&);

@@ -142,13 +142,13 @@ void sinkhorn_backward(const SinkhornParams<T>& p) {
 }
 
 template <typename T>
-void finish_backward(const SinkhornParams<T>& p, T* H) {
+void finish_backward(const SinkhornParams<T>& p, T* H, int64_t h_stride) {
   const Cloud<T> x(p.x, p.batch, p.m, p.d, /*with_norms=*/false);
   if (p.x_is_y) {
-    contract_with_clouds(H, x, x, true, p.grad_cost, p.grad_x, p.grad_y);
+    contract_with_clouds(H, h_stride, x, x, true, p.grad_cost, p.grad_x, p.grad_y);
   } else {
-    contract_with_clouds(H, x, Cloud<T>(p.y, p.batch, p.n, p.d, false), false, p.grad_cost,
-                         p.grad_x, p.grad_y);
+    contract_with_clouds(H, h_stride, x, Cloud<T>(p.y, p.batch, p.n, p.d, false), false,
+                         p.grad_cost, p.grad_x, p.grad_y);
   }
   for (int64_t b = 0; b < p.batch; ++b) {
     const T g = p.grad_cost[b];
@@ -165,7 +165,7 @@ template void sinkhorn_forward<float>(const SinkhornParams<float>&);
 template void sinkhorn_forward<double>(const SinkhornParams<double>&);
 template void sinkhorn_backward<float>(const SinkhornParams<float>&);
 template void sinkhorn_backward<double>(const SinkhornParams<double>&);
-template void finish_backward<float>(const SinkhornParams<float>&, float*);
-template void finish_backward<double>(const SinkhornParams<double>&, double*);
+template void finish_backward<float>(const SinkhornParams<float>&, float*, int64_t);
+template void finish_backward<double>(const SinkhornParams<double>&, double*, int64_t);
 
 }  // namespace sinkhorn::cpu

@@ -41,10 +41,10 @@ template <typename T>
 void online_backward(const SinkhornParams<T>& p);
 
 // The end of both tensorized backwards: dW/dx_i = sum_j H_ij (x_i - y_j) and dW/dy_j = sum_i H_ij
-// (y_j - x_i) for H = dW/dC * k(C) (core/cost.h) in the layout of C, (B, m, n), which it
+// (y_j - x_i) for H = dW/dC * k(C) (core/cost.h), (B, m, n) with rows h_stride apart, which it
 // may overwrite (cpu/cost_matrix.h contract_with_clouds); then all four gradients times grad_cost
 // (the weight gradients are already in grad_x/y_weights).
 template <typename T>
-void finish_backward(const SinkhornParams<T>& p, T* H);
+void finish_backward(const SinkhornParams<T>& p, T* H, int64_t h_stride);
 
 }  // namespace sinkhorn::cpu

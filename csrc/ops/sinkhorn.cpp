@@ -361,20 +361,24 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
     } else if (self_terms.size() == 1) {
       build(*self_terms[0]);
     }
-    // K, and C where the problem keeps none in the block, built ahead of a problem's forward
-    // by another thread (for_each_problem), where the kernels can: (1 or 2, B, m, n), K first.
+    // K (its rows kernel_matrix_stride(n) apart), and C where the problem keeps none in the
+    // block, built ahead of a problem's forward by another thread (for_each_problem), where
+    // the kernels can, in one array, K first.
     const auto build_kernel_matrix = kernels.of<scalar_t>().build_kernel_matrix;
     std::vector<at::Tensor> built_ahead(problems.size());
+    auto kernel_matrix_size = [&](const Problem& pr) {
+      return pr.batch() * pr.m() * kernel_matrix_stride<scalar_t>(pr.n());
+    };
     auto use_built_ahead = [&](int64_t k, SinkhornParams<scalar_t>& p) {
       scalar_t* const arrays = built_ahead[k].mutable_data_ptr<scalar_t>();
       p.kernel_matrix = arrays;
-      if (p.kept_costs == nullptr) p.kept_costs = arrays + p.batch * p.m * p.n;
+      if (p.kept_costs == nullptr) p.kept_costs = arrays + kernel_matrix_size(problems[k]);
     };
     auto ahead = [&](int64_t k) {
       if (online || build_kernel_matrix == nullptr) return;
       const Problem& pr = problems[k];
-      const int64_t arrays = pr.kept_costs >= 0 ? 1 : 2;
-      built_ahead[k] = scratch({arrays, pr.batch(), pr.m(), pr.n()}, pr.x.options());
+      const int64_t costs = pr.kept_costs >= 0 ? 0 : pr.batch() * pr.m() * pr.n();
+      built_ahead[k] = scratch({kernel_matrix_size(pr) + costs}, pr.x.options());
       auto p = make_params<scalar_t>(pr, block_data, eps, iters, cost, online);
       use_built_ahead(k, p);
       build_kernel_matrix(p);
@@ -391,7 +395,7 @@ std::pair<std::vector<at::Tensor>, std::vector<Gradients>> run_problems(
       } else if (!online && kernels.shares_kernel_matrix && pr.needs_grad) {
         // Allocated here, not before all problems: those run one after the other (at large
         // sizes) then hold one at a time.
-        kernel_matrix = scratch({B, m, n}, pr.x.options());
+        kernel_matrix = scratch({kernel_matrix_size(pr)}, pr.x.options());
         p.kernel_matrix = kernel_matrix.mutable_data_ptr<scalar_t>();
       }
       if (kernels.needs_workspace) {  // C and C^T (not online), f, g, the column costs

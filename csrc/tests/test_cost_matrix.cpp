@@ -74,7 +74,8 @@ void check_self_cost_matrix(int64_t d, Cost cost, double rtol, int64_t rows = 15
 }
 
 // grad_a and grad_b against plain loops, with a per-batch scale; and the self-term, where
-// grad_a gets both arguments' gradients: the contraction with H + H^T.
+// grad_a gets both arguments' gradients: the contraction with H + H^T. H's rows are padded
+// with NaN, which must not reach the gradients.
 template <typename T>
 void check_contraction(int64_t d, double rtol) {
   using sinkhorn::cpu::Cloud;
@@ -84,11 +85,21 @@ void check_contraction(int64_t d, double rtol) {
   const std::vector<T> H = cloud<T>(B * rows * cols, 1, 5);
   const std::vector<T> H_self = cloud<T>(B * rows * rows, 1, 6);
   std::vector<T> out(static_cast<std::size_t>(B * rows * d)), out_t(static_cast<std::size_t>(B * cols * d));
-  std::vector<T> out_self(out.size()), work = H, work_self = H_self;
+  std::vector<T> out_self(out.size());
+  auto padded = [](const std::vector<T>& M, int64_t count, int64_t width, int64_t stride) {
+    std::vector<T> out(static_cast<std::size_t>(count * stride), T(std::nan("")));
+    for (int64_t r = 0; r < count; ++r)
+      std::copy(M.begin() + r * width, M.begin() + (r + 1) * width, out.begin() + r * stride);
+    return out;
+  };
+  const int64_t stride = cols + 3, self_stride = rows + 5;
+  std::vector<T> work = padded(H, B * rows, cols, stride);
+  std::vector<T> work_self = padded(H_self, B * rows, rows, self_stride);
   const Cloud<T> ca(a.data(), B, rows, d), cb(b.data(), B, cols, d);
-  sinkhorn::cpu::contract_with_clouds(work.data(), ca, cb, false, scale, out.data(), out_t.data());
-  sinkhorn::cpu::contract_with_clouds(work_self.data(), ca, ca, true, scale, out_self.data(),
-                                      static_cast<T*>(nullptr));
+  sinkhorn::cpu::contract_with_clouds(work.data(), stride, ca, cb, false, scale, out.data(),
+                                      out_t.data());
+  sinkhorn::cpu::contract_with_clouds(work_self.data(), self_stride, ca, ca, true, scale,
+                                      out_self.data(), static_cast<T*>(nullptr));
   // sum_c h(c) (p_k - q(c)_k) over count terms, and the sum of its terms' magnitudes.
   auto contraction = [](int64_t count, auto h, T p_k, auto q_k) {
     double sum = 0, magnitude = 0;

@@ -337,7 +337,7 @@ SK_TEST(backward, euclidean_coincident_points) {
 // run the log domain, which leaves K unused).
 template <typename T>
 void check_shared_kernel_matrix(const Problem<T>& p) {
-  std::vector<T> K = nans<T>(p.B * p.m * p.n);
+  std::vector<T> K = nans<T>(p.B * p.m * sinkhorn::kernel_matrix_stride<T>(p.n));
   auto with_K = [&](auto kernel) {
     return [&, kernel](SinkhornParams<T> sp) {
       sp.kernel_matrix = K.data();

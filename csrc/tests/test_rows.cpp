@@ -40,15 +40,16 @@ void check_matvec_matches_exact_sums() {
   std::uint64_t seed = 1;
   for (int rows : kRows) {
     for (int n : kColumns) {
-      const std::vector<T> M = uniform<T>(static_cast<std::int64_t>(rows) * n, seed++);
+      const long stride = n + 3;  // the rows of a wider matrix
+      const std::vector<T> M = uniform<T>(rows * stride, seed++);
       const std::vector<T> v = uniform<T>(n, seed++);
       std::vector<T> out(static_cast<std::size_t>(rows));
-      sinkhorn::cpu::matvec(M.data(), rows, n, v.data(), out.data());
+      sinkhorn::cpu::matvec(M.data(), stride, rows, n, v.data(), out.data());
       for (int r = 0; r < rows; ++r) {
         long double exact = 0, magnitude = 0;
         for (int c = 0; c < n; ++c) {
-          exact += static_cast<long double>(M[r * n + c]) * v[c];
-          magnitude += std::fabs(static_cast<long double>(M[r * n + c]) * v[c]);
+          exact += static_cast<long double>(M[r * stride + c]) * v[c];
+          magnitude += std::fabs(static_cast<long double>(M[r * stride + c]) * v[c]);
         }
         SK_CHECK_CLOSE(out[r], exact, tolerance<T>(magnitude, n))
             << "rows = " << rows << ", n = " << n << ", row " << r;
@@ -92,8 +93,9 @@ void check_matvec_transposed_matches_exact_sums() {
 }
 
 // scaling_gradient_rows against H computed in long double, with F's padding (the columns past
-// n up to f_stride) set to NaN, which must not reach H; and each row alike however many rows
-// a call has (a tile of any height, as every thread count makes them), bitwise.
+// n up to f_stride) set to NaN, which must not reach H, and K's rows padded, the padding left
+// alone; and each row alike however many rows a call has (a tile of any height, as every
+// thread count makes them), bitwise.
 template <typename T>
 void check_scaling_gradient_rows_match_exact_values() {
   using sinkhorn::Cost;
@@ -106,7 +108,8 @@ void check_scaling_gradient_rows_match_exact_values() {
         for (int n : kColumns) {
           const long f_stride = (n + kBlock - 1) / kBlock * kBlock;
           const long c_stride = n + 3;  // C a tile of a wider matrix
-          const std::vector<T> K = uniform<T>(rows * n, seed++);
+          const long k_stride = n + 5;  // and K
+          const std::vector<T> K = uniform<T>(rows * k_stride, seed++);
           const std::vector<T> A = uniform<T>(rows * rank, seed++);
           std::vector<T> F = uniform<T>(rank * f_stride, seed++);
           for (int k = 0; k < rank; ++k)
@@ -116,12 +119,14 @@ void check_scaling_gradient_rows_match_exact_values() {
           const std::vector<T> t_row = uniform<T>(rows, seed++);
           const std::vector<T> t_column = uniform<T>(n, seed++);
           std::vector<T> H = K;
-          sinkhorn::cpu::scaling_gradient_rows(H.data(), A.data(), rank, F.data(), f_stride,
-                                               C.data(), c_stride, t_row.data(), t_column.data(),
-                                               inv_eps, rows, n, cost);
+          sinkhorn::cpu::scaling_gradient_rows(H.data(), k_stride, A.data(), rank, F.data(),
+                                               f_stride, C.data(), c_stride, t_row.data(),
+                                               t_column.data(), inv_eps, rows, n, cost);
           for (int r = 0; r < rows; ++r) {
-            std::vector<T> single(K.begin() + r * n, K.begin() + (r + 1) * n);
-            sinkhorn::cpu::scaling_gradient_rows(single.data(), A.data() + r * rank, rank,
+            for (long c = n; c < k_stride; ++c)
+              SK_CHECK(H[r * k_stride + c] == K[r * k_stride + c]) << "padding overwritten";
+            std::vector<T> single(K.begin() + r * k_stride, K.begin() + r * k_stride + n);
+            sinkhorn::cpu::scaling_gradient_rows(single.data(), n, A.data() + r * rank, rank,
                                                  F.data(), f_stride, C.data() + r * c_stride,
                                                  c_stride, t_row.data() + r, t_column.data(),
                                                  inv_eps, 1, n, cost);
@@ -137,15 +142,15 @@ void check_scaling_gradient_rows_match_exact_values() {
               const long double terminal =
                   static_cast<long double>(t_row[r]) * t_column[c] * (1 - cost_rc * inv_eps);
               const long double slope = cost == Cost::kSqEuclidean ? 2 : 1 / cost_rc;
-              const long double exact = K[r * n + c] * (sum + terminal) * slope;
+              const long double exact = K[r * k_stride + c] * (sum + terminal) * slope;
               const long double bound =
-                  std::fabs(K[r * n + c] * slope) * (magnitude + std::fabs(terminal));
-              SK_CHECK_CLOSE(H[r * n + c], exact, tolerance<T>(bound, rank + 4))
+                  std::fabs(K[r * k_stride + c] * slope) * (magnitude + std::fabs(terminal));
+              SK_CHECK_CLOSE(H[r * k_stride + c], exact, tolerance<T>(bound, rank + 4))
                   << "rank = " << rank << ", rows = " << rows << ", n = " << n << ", row " << r
                   << ", column " << c;
-              SK_CHECK(single[c] == H[r * n + c])
+              SK_CHECK(single[c] == H[r * k_stride + c])
                   << "rank = " << rank << ", rows = " << rows << ", n = " << n << ", row " << r
-                  << ", column " << c << ": " << single[c] << " alone, " << H[r * n + c];
+                  << ", column " << c << ": " << single[c] << " alone, " << H[r * k_stride + c];
             }
           }
         }
