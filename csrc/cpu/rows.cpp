@@ -711,8 +711,9 @@ SK_AVX2 void scaling_gradient_rows_avx2(T* K, long k_stride, const T* A, int R, 
 // matvec_impl keeps four sums, too few to cover the latency of their multiply-adds; a block
 // of columns stays in registers through all the rows in matvec_transposed, where the
 // compiler's code loads and stores acc for every four rows. The columns past the last whole
-// vector go in one more vector, masked to them, as on AVX-512 (one at a time, each chain of
-// multiply-adds waiting on the last, they cost about a tenth of a pass at 204 columns).
+// vector go in one more vector, masked to them (AVX2's masked loads, so Bytes is 32), as on
+// AVX-512: in matvec_transposed one at a time, each chain of multiply-adds waiting on the
+// last, they took about a tenth of its time at 204 columns.
 template <typename T, int Bytes>
 SK_INLINE T sum_of_lanes(const typename Vector<T, Bytes>::type& a) {
   if constexpr (Bytes == 2 * sizeof(T)) {
@@ -750,6 +751,7 @@ SK_AVX2 SK_INLINE void masked_store(double* p, __m256i lanes, __m256d a) {
 template <typename T, int Bytes, int Rows>
 SK_AVX2 SK_INLINE void matvec_rows_vectors(const T* __restrict__ M, long stride, int n,
                                            const T* __restrict__ v, T* __restrict__ out) {
+  static_assert(Bytes == 32, "the masked last columns are AVX2's");
   using Vec = typename Vector<T, Bytes>::type;
   constexpr int W = Bytes / static_cast<int>(sizeof(T));
   Vec acc[Rows];
@@ -811,6 +813,7 @@ SK_AVX2 SK_INLINE void transposed_block_vectors(const T* __restrict__ M, long st
 template <typename T, int Bytes>
 SK_AVX2 SK_INLINE void matvec_transposed_vectors(const T* M, int rows, long stride, int width,
                                                  const T* v, T* acc) {
+  static_assert(Bytes == 32, "the masked last columns are AVX2's");
   constexpr int W = Bytes / static_cast<int>(sizeof(T));
   const int whole = width / W;  // vectors
   for (int q0 = 0; q0 < whole; q0 += kColumnVectors) {
